@@ -1,0 +1,68 @@
+"""The worker-side runtime: model cache, device choice, micro-batching. No Spark or Delta imports.
+
+`score_stream` is what both Spark shells (the pandas UDF and the mapInArrow function) call: it takes
+the task's resources, gets the model from the per-process cache and scores each batch of inputs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from spark_infer.runtime.batching import Runner, plan_micro_batches
+from spark_infer.runtime.cache import MODEL_CACHE, ModelCache
+from spark_infer.runtime.device import TaskResources, choose_device, set_threads, task_resources
+from spark_infer.runtime.metrics import new_counters
+from spark_infer.runtime.spec import ModelSpec, RuntimeOptions, make_spec
+
+__all__ = [
+    "MODEL_CACHE",
+    "ModelCache",
+    "ModelSpec",
+    "Runner",
+    "RuntimeOptions",
+    "TaskResources",
+    "choose_device",
+    "make_spec",
+    "open_runner",
+    "plan_micro_batches",
+    "score_stream",
+]
+
+
+def open_runner(
+    spec: ModelSpec,
+    runtime: RuntimeOptions,
+    resources: TaskResources | None = None,
+    counters: Counter[str] | None = None,
+    cache: ModelCache = MODEL_CACHE,
+) -> Runner:
+    """A Runner for one task: device from the task's resources, model from the process cache."""
+    if resources is None:
+        resources = task_resources()
+    set_threads(resources)
+    device = choose_device(runtime.device, resources)
+    counters = counters if counters is not None else new_counters()
+    task, loaded = cache.get(spec.cache_key(device), lambda: spec.load(device))
+    if loaded:
+        counters["model_loads"] += 1
+    return Runner(task, runtime.batch_size, runtime.token_budget, runtime.on_error, counters)
+
+
+def score_stream(
+    spec: ModelSpec,
+    runtime: RuntimeOptions,
+    batches: Iterable[Sequence[Any]],
+    counters: Counter[str] | None = None,
+) -> Iterator[tuple[pa.Array, pa.Array]]:
+    """Score each batch of inputs; yields (outputs, errors) per batch, in input order."""
+    runner: Runner | None = None
+    offset = 0
+    for inputs in batches:
+        if runner is None:  # load lazily: an empty partition never loads a model
+            runner = open_runner(spec, runtime, counters=counters)
+        yield runner.run(inputs, row_offset=offset)
+        offset += len(inputs)

@@ -1,0 +1,213 @@
+"""Micro-batching: length sort, row limit + token budget cuts, order restore, OOM backoff.
+
+The runner takes one Arrow batch worth of inputs, encodes them once, sorts rows by token length so
+each micro-batch pads to similar lengths, cuts micro-batches by a row limit and a padded-token
+budget, runs them, and puts outputs back in input order. Null inputs give null outputs; a row that
+raises gets a null output and its message in the error column; a CUDA OOM halves the micro-batch
+size for the rest of the task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from spark_infer.runtime.metrics import new_counters
+
+if TYPE_CHECKING:
+    from spark_infer.tasks.base import Task
+
+log = logging.getLogger("spark_infer")
+
+
+class RowError(RuntimeError):
+    """Raised with on_error=fail: names the row that could not be scored."""
+
+
+def plan_micro_batches(lengths: Sequence[int], max_rows: int, token_budget: int | None) -> list[np.ndarray]:
+    """Cut rows into micro-batches of indices, shortest first.
+
+    Each micro-batch holds at most `max_rows` rows and, when `token_budget` is set, at most
+    `token_budget` padded tokens (rows x longest row). A single row longer than the budget still
+    forms a batch of its own, so no row is ever dropped.
+    """
+    if max_rows < 1:
+        raise ValueError("max_rows must be >= 1")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        end = start + 1
+        while end < n and end - start < max_rows:
+            # sorted ascending: the candidate row is the longest so far
+            if token_budget is not None and (end - start + 1) * lengths[order[end]] > token_budget:
+                break
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA (or other accelerator) out-of-memory errors."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, RuntimeError | MemoryError) and "out of memory" in str(exc).lower()
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class Runner:
+    """Scores batches of inputs with one task instance; one Runner per Spark task.
+
+    The micro-batch row limit it lowers after an OOM is kept for the rest of the task (the Runner's
+    life), as memory pressure rarely goes away between Arrow batches.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        batch_size: int = 64,
+        token_budget: int | None = None,
+        on_error: str = "null",
+        counters: Counter[str] | None = None,
+    ) -> None:
+        if on_error not in ("null", "fail"):
+            raise ValueError(f"on_error must be 'null' or 'fail', got {on_error!r}")
+        self.task = task
+        self.batch_size = batch_size
+        self.token_budget = token_budget
+        self.on_error = on_error
+        self.counters = counters if counters is not None else new_counters()
+
+    # -- public -------------------------------------------------------------------------------
+    def run(self, inputs: Sequence[Any], row_offset: int = 0) -> tuple[pa.Array, pa.Array]:
+        """Score `inputs` (None = null row). Returns (outputs, errors), both in input order.
+
+        row_offset is added to row numbers in error messages (position in the task's input).
+        """
+        n = len(inputs)
+        self.counters["rows"] += n
+        valid = [i for i, x in enumerate(inputs) if x is not None]
+        self.counters["null_rows"] += n - len(valid)
+        errors: list[str | None] = [None] * n
+
+        encoded, ok_rows = self._encode([inputs[i] for i in valid], [valid[j] for j in range(len(valid))],
+                                        errors, row_offset)
+        pieces: list[pa.Array] = []
+        positions: list[np.ndarray] = []  # input rows, in the order their outputs appear in pieces
+        if ok_rows:
+            lengths = [encoded.length(j) for j in range(len(ok_rows))]
+            ok_rows_arr = np.asarray(ok_rows)
+            self.counters["tokens"] += int(sum(lengths))
+            self.counters["truncated_rows"] += encoded.truncated
+            for mb in plan_micro_batches(lengths, self.batch_size, self.token_budget):
+                self._run_micro_batch(encoded, mb, ok_rows_arr, lengths, pieces, positions, errors,
+                                      row_offset)
+        out = self._restore(n, pieces, positions)
+        n_err = sum(e is not None for e in errors)
+        self.counters["error_rows"] += n_err
+        self.counters["scored_rows"] += len(valid) - n_err
+        return out, pa.array(errors, type=pa.string())
+
+    # -- internals ------------------------------------------------------------------------------
+    def _encode(self, values: list[Any], rows: list[int], errors: list[str | None], row_offset: int):
+        """Encode all rows at once; on failure, row by row so one bad row spoils nothing else."""
+        if not values:
+            return None, []
+        try:
+            return self.task.encode(values), rows
+        except Exception as batch_exc:  # noqa: BLE001
+            if len(values) == 1:
+                self._row_failed(rows[0], batch_exc, errors, row_offset)
+                return None, []
+        good_vals, good_rows = [], []
+        for v, r in zip(values, rows, strict=True):
+            try:
+                self.task.encode([v])
+            except Exception as exc:  # noqa: BLE001
+                self._row_failed(r, exc, errors, row_offset)
+                continue
+            good_vals.append(v)
+            good_rows.append(r)
+        if not good_vals:
+            return None, []
+        return self.task.encode(good_vals), good_rows
+
+    def _run_micro_batch(self, encoded, mb: np.ndarray, ok_rows: np.ndarray, lengths, pieces, positions,
+                         errors, row_offset: int) -> None:
+        # a work list of index arrays: OOM splits push halves back to the front
+        todo: list[np.ndarray] = [mb]
+        while todo:
+            idx = todo.pop(0)
+            if len(idx) > self.batch_size:
+                todo[0:0] = [idx[: self.batch_size], idx[self.batch_size:]]
+                continue
+            try:
+                out = self.task.predict(encoded, idx)
+            except Exception as exc:  # noqa: BLE001
+                if is_oom(exc):
+                    _free_accelerator_memory()
+                    self.counters["oom_backoffs"] += 1
+                    if len(idx) == 1:
+                        self._row_failed(int(ok_rows[idx[0]]), exc, errors, row_offset, oom=True)
+                        continue
+                    self.batch_size = max(1, min(self.batch_size, len(idx)) // 2)
+                    log.warning("event=oom_backoff new_batch_size=%d", self.batch_size)
+                    todo[0:0] = [idx[: len(idx) // 2], idx[len(idx) // 2:]]
+                    continue
+                if len(idx) == 1:
+                    self._row_failed(int(ok_rows[idx[0]]), exc, errors, row_offset)
+                    continue
+                # isolate the bad row(s): retry one row at a time
+                todo[0:0] = [idx[i: i + 1] for i in range(len(idx))]
+                continue
+            if len(out) != len(idx):
+                raise RuntimeError(f"task {self.task.name} returned {len(out)} outputs for {len(idx)} rows")
+            self.counters["micro_batches"] += 1
+            self.counters["padded_tokens"] += len(idx) * max(lengths[i] for i in idx)
+            pieces.append(out)
+            positions.append(ok_rows[idx])
+
+    def _row_failed(self, row: int, exc: BaseException, errors: list[str | None], row_offset: int,
+                    oom: bool = False) -> None:
+        msg = f"{type(exc).__name__}: {exc}".strip()
+        if len(msg) > 1000:
+            msg = msg[:997] + "..."
+        if self.on_error == "fail":
+            raise RowError(f"row {row + row_offset}: {msg}") from exc
+        errors[row] = ("OOM even with micro-batch size 1: " if oom else "") + msg
+
+    def _restore(self, n: int, pieces: list[pa.Array], positions: list[np.ndarray]) -> pa.Array:
+        out_type = self.task.output_type
+        if not pieces:
+            return pa.nulls(n, type=out_type)
+        # one trailing null slot serves every unscored row
+        combined = pa.concat_arrays([*pieces, pa.nulls(1, type=out_type)])
+        take = np.full(n, len(combined) - 1, dtype=np.int64)
+        pos = np.concatenate(positions)
+        take[pos] = np.arange(len(pos), dtype=np.int64)
+        return combined.take(pa.array(take))

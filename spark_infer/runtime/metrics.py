@@ -1,0 +1,30 @@
+"""Worker-side counters, merged on the driver (through a Spark accumulator in the UDF paths)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+#: names every counter set carries, so reports never miss a zero
+COUNTER_NAMES = (
+    "rows",  # rows seen (including null inputs)
+    "null_rows",  # rows whose input was null (null output, no error)
+    "scored_rows",  # rows that produced an output
+    "error_rows",  # rows whose output is null because scoring them raised
+    "tokens",  # real (unpadded) input tokens
+    "padded_tokens",  # tokens including padding, as run by the model
+    "truncated_rows",  # rows cut to max_length
+    "micro_batches",
+    "oom_backoffs",
+    "model_loads",
+)
+
+
+def new_counters() -> Counter[str]:
+    return Counter({k: 0 for k in COUNTER_NAMES})
+
+
+def merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return out

@@ -1,0 +1,62 @@
+"""`classify`: a fine-tuned sequence-classification head -> struct<label, score[, probabilities]>."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from spark_infer.tasks.base import Encoding, HFTextTask, TaskOptions, register
+
+
+class ClassifyOptions(TaskOptions):
+    multi_label: bool = Field(default=False, description="independent sigmoid per label instead of softmax")
+    return_all_scores: bool = Field(default=False, description="add a map of every label's probability")
+
+
+@register
+class ClassifyTask(HFTextTask):
+    """AutoModelForSequenceClassification; labels from the model's id2label."""
+
+    name = "classify"
+    Options = ClassifyOptions
+
+    def __init__(self, model_dir: str, options: ClassifyOptions, device: str) -> None:
+        super().__init__(model_dir, options, device)
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(model_dir, **self.load_kwargs()).to(device).eval()
+        )
+        n = self.model.config.num_labels
+        id2label = self.model.config.id2label or {}
+        self.labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(n)]
+        self._torch = torch
+
+    @classmethod
+    def output_type_for(cls, options: TaskOptions) -> pa.DataType:
+        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
+        if getattr(options, "return_all_scores", False):
+            fields.append(pa.field("probabilities", pa.map_(pa.string(), pa.float32())))
+        return pa.struct(fields)
+
+    def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array:
+        torch = self._torch
+        ids, mask = self.pad(encoding, idx)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            probs = torch.sigmoid(logits) if self.options.multi_label else torch.softmax(logits, dim=-1)
+            p = probs.cpu().numpy()
+        best = p.argmax(axis=1)
+        labels = pa.array([self.labels[b] for b in best], type=pa.string())
+        scores = pa.array(p[np.arange(len(best)), best].astype(np.float32))
+        arrays = [labels, scores]
+        names = ["label", "score"]
+        if self.options.return_all_scores:
+            n, k = p.shape
+            offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+            keys = pa.array(self.labels * n, type=pa.string())
+            arrays.append(pa.MapArray.from_arrays(offsets, keys, pa.array(p.reshape(-1).astype(np.float32))))
+            names.append("probabilities")
+        return pa.StructArray.from_arrays(arrays, names=names)

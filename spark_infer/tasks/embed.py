@@ -1,0 +1,70 @@
+"""`embed`: sentence embeddings as array<float> (mean or CLS pooling, optional L2 normalisation)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from spark_infer.tasks.base import Encoding, HFTextTask, TaskOptions, register
+
+
+class EmbedOptions(TaskOptions):
+    pooling: Literal["auto", "mean", "cls"] = Field(
+        default="auto", description="auto = the folder's sentence-transformers pooling config, else mean"
+    )
+    normalize: bool = Field(default=True, description="L2-normalise each embedding")
+
+
+@register
+class EmbedTask(HFTextTask):
+    """Mean/CLS-pooled hidden states of an encoder (BERT-like) model."""
+
+    name = "embed"
+    Options = EmbedOptions
+
+    def __init__(self, model_dir: str, options: EmbedOptions, device: str) -> None:
+        super().__init__(model_dir, options, device)
+        import torch
+        from transformers import AutoModel
+
+        self.model = AutoModel.from_pretrained(model_dir, **self.load_kwargs()).to(device).eval()
+        self.pooling = options.pooling if options.pooling != "auto" else _st_pooling(model_dir)
+        self._torch = torch
+
+    @classmethod
+    def output_type_for(cls, options: TaskOptions) -> pa.DataType:
+        return pa.list_(pa.float32())
+
+    def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array:
+        torch = self._torch
+        ids, mask = self.pad(encoding, idx)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            if self.pooling == "cls":
+                emb = hidden[:, 0]
+            else:
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            emb = emb.float()
+            if self.options.normalize:
+                emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+            arr = emb.cpu().numpy()
+        n, dim = arr.shape
+        offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(arr.reshape(-1)))
+
+
+def _st_pooling(model_dir: str) -> str:
+    """Pooling from a sentence-transformers folder (1_Pooling/config.json); mean otherwise."""
+    cfg = os.path.join(model_dir, "1_Pooling", "config.json")
+    if os.path.exists(cfg):
+        with open(cfg) as f:
+            c = json.load(f)
+        if c.get("pooling_mode_cls_token"):
+            return "cls"
+    return "mean"

@@ -1,0 +1,177 @@
+"""The Spark shells over the worker runtime: an Arrow UDF and a whole-DataFrame mapInArrow path.
+
+Both are thin: they read the task's resources (GPU address, CPU share), take the model from the
+per-process cache and hand Arrow batches to the runtime. Worker counters (rows, tokens, errors,
+OOM backoffs, model loads) come back to the driver through a Spark accumulator.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+from pyspark import AccumulatorParam
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_type
+from pyspark.sql.types import StringType, StructField, StructType
+
+from spark_infer.runtime import score_stream
+from spark_infer.runtime.metrics import new_counters
+from spark_infer.runtime.spec import (
+    ModelSpec,
+    RuntimeOptions,
+    make_runtime_options,
+    make_spec,
+    split_options,
+)
+
+
+class _CountersParam(AccumulatorParam):
+    def zero(self, value: dict[str, int]) -> dict[str, int]:
+        return {}
+
+    def addInPlace(self, a: dict[str, int], b: dict[str, int]) -> dict[str, int]:  # noqa: N802
+        for k, v in b.items():
+            a[k] = a.get(k, 0) + v
+        return a
+
+
+def new_metrics_accumulator(spark: SparkSession | None = None):
+    """A driver-side accumulator of worker counters (dict name -> int)."""
+    spark = spark or SparkSession.getActiveSession()
+    if spark is None:
+        return None
+    return spark.sparkContext.accumulator({}, _CountersParam())
+
+
+def _flush(counters: Counter[str], acc) -> None:
+    if acc is not None:
+        acc.add({k: v for k, v in counters.items() if v})
+
+
+def _build(task: str, model: str | None, options: dict[str, Any]) -> tuple[ModelSpec, RuntimeOptions]:
+    rt, task_opts = split_options(options)
+    return make_spec(task, model, **task_opts), make_runtime_options(**rt)
+
+
+def predict_udf(
+    task: str = "embed",
+    model: str | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    *,
+    return_error: bool = False,
+    **options: Any,
+):
+    """A Spark UDF scoring one input column with a model loaded once per Python worker and device.
+
+    Args:
+        task: a registered task name ("embed", "classify", ...).
+        model: local model folder, Hugging Face model id (from the local cache), or None for the
+            packaged all-MiniLM-L6-v2.
+        batch_size: max rows per model call (micro-batch); the Arrow batch size is Spark's
+            `spark.sql.execution.arrow.maxRecordsPerBatch`.
+        max_length: truncate inputs to this many tokens (default: the model's own limit).
+        return_error: return `struct<prediction, error>` instead of the bare prediction.
+        **options: runtime options (token_budget, device, on_error) and task options.
+
+    The returned UDF has `.spec` (the fingerprinted model spec) and `.metrics()` (worker counters
+    summed over finished tasks, when created with an active SparkSession).
+    """
+    from pyspark.sql.functions import arrow_udf
+
+    if max_length is not None:
+        options["max_length"] = max_length
+    spec, runtime = _build(task, model, dict(options, batch_size=batch_size))
+    out_type = spec.output_type()
+    acc = new_metrics_accumulator()
+
+    def _score(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        counters = new_counters()
+        try:
+            for out, err in score_stream(spec, runtime, (b.to_pylist() for b in batches), counters):
+                if return_error:
+                    yield pa.StructArray.from_arrays([out, err], names=["prediction", "error"])
+                else:
+                    yield out
+        finally:
+            _flush(counters, acc)
+
+    spark_type = from_arrow_type(out_type)
+    if return_error:
+        spark_type = StructType(
+            [StructField("prediction", spark_type), StructField("error", StringType())]
+        )
+    fn = arrow_udf(_score, spark_type)  # SCALAR_ITER, from the type hints
+    fn.spec = spec  # type: ignore[attr-defined]
+    fn.metrics = lambda: dict(acc.value) if acc is not None else {}  # type: ignore[attr-defined]
+    return fn
+
+
+def output_schema(spec: ModelSpec, key_fields: Sequence[StructField], output_col: str) -> StructType:
+    """Schema of predict_frame's output: key columns, the prediction, and error."""
+    return StructType(
+        [*key_fields, StructField(output_col, from_arrow_type(spec.output_type())),
+         StructField("error", StringType())]
+    )
+
+
+def predict_frame(
+    df: DataFrame,
+    input_col: str | Column,
+    task: str = "embed",
+    model: str | None = None,
+    *,
+    keys: Sequence[str] = (),
+    output_col: str = "prediction",
+    profile=None,
+    metrics=None,
+    spec: ModelSpec | None = None,
+    **options: Any,
+) -> DataFrame:
+    """Score a whole DataFrame through `mapInArrow`: returns `keys` + `output_col` + `error`.
+
+    This is the path that can carry a ResourceProfile (stage-level scheduling: GPUs for the scoring
+    stage only). `metrics` is an accumulator from `new_metrics_accumulator()` to collect counters.
+    """
+    if spec is None:
+        spec, runtime = _build(task, model, options)
+    else:
+        runtime = make_runtime_options(**split_options(options)[0])
+    input_name = "__spark_infer_input"
+    src = df.select(*keys, (df[input_col] if isinstance(input_col, str) else input_col).alias(input_name))
+    key_fields = [src.schema[k] for k in keys]
+    schema = output_schema(spec, key_fields, output_col)
+    arrow_schema = pa.schema(
+        [pa.field(k, _arrow_type(f.dataType)) for k, f in zip(keys, key_fields, strict=True)]
+        + [pa.field(output_col, spec.output_type()), pa.field("error", pa.string())]
+    )
+
+    def _score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        counters = new_counters()
+        pending: list[pa.RecordBatch] = []
+
+        def inputs():
+            for b in batches:
+                pending.append(b)
+                yield b.column(input_name).to_pylist()
+
+        try:
+            for out, err in score_stream(spec, runtime, inputs(), counters):
+                b = pending.pop(0)
+                cols = [b.column(k) for k in keys] + [out, err]
+                yield pa.RecordBatch.from_arrays(cols, schema=arrow_schema)
+        finally:
+            _flush(counters, metrics)
+
+    return src.mapInArrow(_score, schema, profile=profile) if profile is not None else src.mapInArrow(
+        _score, schema
+    )
+
+
+def _arrow_type(dt):
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    return to_arrow_type(dt)
