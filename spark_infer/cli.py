@@ -1,0 +1,185 @@
+"""Command line: `spark-infer score ...`, `python -m spark_infer score ...`, `spark-submit jobs/score.py ...`.
+
+Exit codes:
+  0  every planned unit is committed (or nothing was pending; or --dry-run)
+  1  unexpected error (bug, or Spark/infrastructure failure before any unit could be scored)
+  2  bad configuration: nothing was written
+  3  partial failure: some units failed; committed units are kept, a rerun scores the rest
+  4  a concurrent run wrote the same output units; committed units are kept, rerun to finish
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from spark_infer.runtime.spec import ConfigError
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_PARTIAL, EXIT_CONCURRENT = 0, 1, 2, 3, 4
+
+
+def _kv_pairs(values: list[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values or []:
+        if "=" not in item:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)  # numbers, booleans, lists
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Score a Delta table with a model, incrementally by partition.")
+    p.add_argument("--config", help="YAML or TOML file with any config field; flags override it")
+    p.add_argument("--input", help="input Delta table (path or catalog name)")
+    p.add_argument("--output", help="output Delta table (path or catalog name)")
+    p.add_argument("--task", help="embed, classify, ...")
+    p.add_argument("--model", help="model folder or Hugging Face id (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--text-col", dest="text_col")
+    p.add_argument("--id-col", dest="id_col")
+    p.add_argument("--partition-by", dest="partition_by", help="comma-separated unit columns")
+    p.add_argument("--buckets", type=int, help="id buckets for an unpartitioned input")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--max-length", dest="max_length", type=int)
+    p.add_argument("--token-budget", dest="token_budget", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--on-error", dest="on_error", choices=["null", "fail"])
+    p.add_argument("--on-model-change", dest="on_model_change", choices=["rescore", "new_only"])
+    p.add_argument("--master")
+    p.add_argument("--job-name", dest="job_name")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option (repeatable)")
+    p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark conf (repeatable)")
+    p.add_argument("--delta-jars", dest="delta_jars", help="comma-separated local Delta jars (no download)")
+    p.add_argument("--summary-json", dest="summary_json", help="write the run summary here")
+    p.add_argument("--change-data-feed", dest="change_data_feed", action="store_true", default=None)
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
+                   help="print the plan and exit without scoring")
+    return p
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    d = {k: v for k, v in vars(ns).items() if k not in ("config", "option", "conf") and v is not None}
+    if isinstance(d.get("partition_by"), str):
+        d["partition_by"] = [c.strip() for c in d["partition_by"].split(",") if c.strip()]
+    if ns.option:
+        d["task_options"] = _kv_pairs(ns.option, "--option")
+    if ns.conf:
+        d["spark_conf"] = {k: str(v) for k, v in _kv_pairs(ns.conf, "--conf").items()}
+    return d
+
+
+def print_plan(job) -> None:
+    p, cols = job.plan, job.unit_cols
+    print(f"plan: input={job.cfg.input} version={p.input_version} units={'buckets of ' + job.cfg.id_col if p.bucketed else ','.join(cols)}")
+    for u, reason in p.pending:
+        print(f"  pending  {reason:<13} {u.label(cols):<40} rows={u.rows}")
+    for u in p.done:
+        print(f"  done     {'':<13} {u.label(cols):<40} rows={u.rows}")
+    for u in p.stale_model:
+        print(f"  kept     {'old model':<13} {u.label(cols):<40} rows={u.rows}")
+    for k in p.orphaned:
+        print(f"  orphaned {'not in input':<13} {','.join(f'{c}={v}' for c, v in zip(cols, k, strict=True))}")
+    print("plan: " + " ".join(f"{k}={v}" for k, v in p.counts().items()))
+
+
+def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
+    """Parse, validate, plan, score and commit. Returns the exit code."""
+    from spark_infer.config import build_config
+    from spark_infer.report import emit
+
+    ns = score_parser().parse_args(argv)
+    t_start = time.monotonic()
+    job = None
+    try:
+        cfg = build_config(ns.config, _overrides(ns))
+        from spark_infer.job import ConcurrentRunError, DeltaMissing, ScoringJob
+
+        job = ScoringJob(cfg)
+        emit("run_start", run_id=job.run_id, job=cfg.job_name, task=cfg.task, input=cfg.input, output=cfg.output)
+        job.validate_model()
+        try:
+            job.make_plan()
+        except DeltaMissing:
+            from spark_infer.launch import RELAUNCH_ENV, delta_flags, relaunch_with_delta, under_spark_submit
+
+            if under_spark_submit() and not os.environ.get(RELAUNCH_ENV):
+                return relaunch_with_delta(job.session_unchecked(), relaunch_args if relaunch_args is not None
+                                           else argv, cfg.delta_jars)
+            raise ConfigError(
+                "Delta Lake is not on this Spark session's classpath; start it with "
+                + " ".join(delta_flags(cfg.delta_jars))
+            ) from None
+        if cfg.dry_run:
+            print_plan(job)
+            job.summary.status, job.summary.exit_code = "dry_run", EXIT_OK
+            return EXIT_OK
+        print_plan(job)
+        job.score_and_commit()
+        s = job.summary
+        code = EXIT_OK if not s.units_failed else EXIT_PARTIAL
+        s.status = "succeeded" if code == EXIT_OK else "partial"
+        s.exit_code = code
+        return code
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if job:
+            job.summary.status, job.summary.exit_code, job.summary.error = "config_error", EXIT_CONFIG, str(exc)
+        return EXIT_CONFIG
+    except Exception as exc:  # noqa: BLE001 - every failure still leaves its record
+        from spark_infer.job import ConcurrentRunError
+
+        code = EXIT_CONCURRENT if isinstance(exc, ConcurrentRunError) else EXIT_ERROR
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        if job:
+            job.summary.status, job.summary.exit_code, job.summary.error = "failed", code, str(exc)[:4000]
+        if code == EXIT_ERROR:
+            import traceback
+
+            traceback.print_exc()
+        return code
+    finally:
+        if job is not None and job.summary.exit_code is not None:
+            job.summary.durations_s["total"] = round(time.monotonic() - t_start, 3)
+            _finish(job)
+
+
+def _finish(job) -> None:
+    from spark_infer.report import emit
+
+    s = job.summary
+    if job.cfg.summary_json:
+        os.makedirs(os.path.dirname(os.path.abspath(job.cfg.summary_json)), exist_ok=True)
+        with open(job.cfg.summary_json, "w") as f:
+            f.write(s.to_json())
+    rows_s = s.rows_scored / s.durations_s["score_commit"] if s.durations_s.get("score_commit") else 0.0
+    emit("run_end", run_id=s.run_id, status=s.status, exit_code=s.exit_code,
+         units_committed=len(s.units_committed), units_failed=len(s.units_failed),
+         units_skipped=s.plan.get("units_done", 0), rows_scored=s.rows_scored, rows_per_s=rows_s,
+         output=s.output, output_version=s.output_version_after,
+         summary_json=job.cfg.summary_json or "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `spark-infer` and `python -m spark_infer`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo":
+        from spark_infer.demo import main as demo_main
+
+        return demo_main(argv[1:])
+    if argv and argv[0] == "score":
+        argv = argv[1:]
+    elif argv and not argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        print(f"error: unknown command {argv[0]!r}; use 'score' or 'demo'", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_score(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

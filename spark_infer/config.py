@@ -1,0 +1,173 @@
+"""The job's configuration: one validated object from a YAML/TOML file plus command-line flags.
+
+Every later stage reads this object; none parses arguments or the environment on its own. Errors
+name the field and value (and suggest the closest known field for a misspelling).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from spark_infer.runtime.spec import ConfigError, RuntimeOptions
+from spark_infer.tasks import task_names
+
+#: columns the job adds to every output row (besides the task's output and `error`)
+LINEAGE_COLUMNS = (
+    "model", "model_fingerprint", "task", "run_id", "input_version", "input_state", "scored_at",
+)
+BUCKET_COLUMN = "bucket"
+
+
+class JobConfig(BaseModel):
+    """Everything one scoring run needs. See README "Configuration" for each field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str = Field(description="input Delta table: a path or a catalog table name")
+    output: str = Field(description="output Delta table: a path or a catalog table name")
+    task: str = "embed"
+    model: str | None = Field(default=None, description="model folder or hub id; default: packaged MiniLM")
+    text_col: str = "text"
+    id_col: str = "id"
+    partition_by: list[str] | None = Field(
+        default=None, description="unit columns; default: the input table's partition columns"
+    )
+    buckets: int = Field(default=8, ge=1, le=10_000, description="id buckets for an unpartitioned input")
+    output_col: str | None = Field(default=None, description="name of the prediction column")
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    # runtime (how, not what)
+    batch_size: int = Field(default=64, ge=1)
+    max_length: int | None = Field(default=None, ge=1)
+    token_budget: int | None = Field(default=None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    on_error: Literal["null", "fail"] = "null"
+    arrow_batch_size: int = Field(default=4096, ge=1, description="spark.sql.execution.arrow.maxRecordsPerBatch")
+    score_partitions: int | None = Field(
+        default=None, ge=1, description="Spark tasks per unit (default: the cluster's parallelism)"
+    )
+    # incremental behaviour
+    on_model_change: Literal["rescore", "new_only"] = "rescore"
+    change_data_feed: bool = False
+    dry_run: bool = False
+    # spark
+    job_name: str = "spark-infer"
+    master: str | None = None
+    spark_conf: dict[str, str] = Field(default_factory=dict)
+    delta_jars: str | None = Field(default=None, description="comma-separated local Delta jars (air-gapped)")
+    summary_json: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        names = task_names()
+        if v not in names:
+            raise ValueError(f"unknown task; known tasks: {', '.join(names)}")
+        return v
+
+    @field_validator("spark_conf", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): str(x).lower() if isinstance(x, bool) else str(x) for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> JobConfig:
+        if self.input.rstrip("/") == self.output.rstrip("/"):
+            raise ValueError("output must differ from input")
+        return self
+
+    @property
+    def prediction_col(self) -> str:
+        return self.output_col or {"embed": "embedding"}.get(self.task, "prediction")
+
+    def runtime_options(self) -> RuntimeOptions:
+        return RuntimeOptions(
+            batch_size=self.batch_size, token_budget=self.token_budget, device=self.device,
+            on_error=self.on_error,
+        )
+
+    def task_option_values(self) -> dict[str, Any]:
+        opts = dict(self.task_options)
+        if self.max_length is not None:
+            opts.setdefault("max_length", self.max_length)
+        return opts
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a dict safe to log: values of secret-looking keys replaced."""
+        return _redact(self.model_dump(mode="json"))
+
+
+_SECRET_WORDS = ("token", "secret", "password", "passwd", "credential", "apikey", "api_key", "access.key",
+                 "secret.key", "sas", "auth")
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, key) for v in value]
+    if key and any(w in key.lower() for w in _SECRET_WORDS) and value not in (None, ""):
+        return "***"
+    return value
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """YAML (.yaml/.yml/.json) or TOML (.toml) into a dict."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            if path.endswith(".toml"):
+                data = tomllib.load(f)
+            else:
+                data = yaml.safe_load(f)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path!r} is not valid {'TOML' if path.endswith('.toml') else 'YAML'}: "
+                          f"{exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def build_config(file: str | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Merge a config file with overrides (flags win) and validate; ConfigError on any problem."""
+    data: dict[str, Any] = read_config_file(file) if file else {}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k in ("task_options", "spark_conf") and isinstance(v, dict):
+            data[k] = {**(data.get(k) or {}), **v}
+        else:
+            data[k] = v
+    try:
+        return JobConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    known = list(JobConfig.model_fields)
+    msgs = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        val = err.get("input")
+        if err["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(loc, known, n=1)
+            msgs.append(f"unknown config field {loc!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        elif err["type"] == "missing":
+            msgs.append(f"config field {loc!r} is required")
+        else:
+            shown = json.dumps(val, default=str) if not isinstance(val, dict) else "{...}"
+            msgs.append(f"config field {loc!r}={shown}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(msgs)

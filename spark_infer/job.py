@@ -1,0 +1,196 @@
+"""The scoring job: config -> plan -> score -> commit -> report, one Delta commit per unit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+
+from spark_infer import commit, plan
+from spark_infer.config import BUCKET_COLUMN, LINEAGE_COLUMNS, JobConfig
+from spark_infer.report import Progress, RunSummary, emit
+from spark_infer.runtime.spec import ConfigError, ModelSpec, make_spec
+from spark_infer.session import build_session, delta_available
+from spark_infer.tables import TableRef
+from spark_infer.udf import new_metrics_accumulator, output_schema, predict_frame
+
+
+class DeltaMissing(RuntimeError):
+    """Delta Lake's classes are not on the running Spark session's classpath."""
+
+
+class ConcurrentRunError(RuntimeError):
+    """Another run committed to the same output units at the same time."""
+
+
+def _is_concurrency_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return any(
+        w in text
+        for w in ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentTransaction",
+                  "ConcurrentWriteException", "ConcurrentDeleteDeleteException", "ProtocolChangedException",
+                  "MetadataChangedException", "DELTA_CONCURRENT")
+    )
+
+
+def lineage_schema() -> list[StructField]:
+    from pyspark.sql.types import LongType, TimestampType
+
+    types = {"input_version": LongType(), "scored_at": TimestampType()}
+    return [StructField(c, types.get(c, StringType())) for c in LINEAGE_COLUMNS]
+
+
+class ScoringJob:
+    """One run of a configured job. `run()` returns the RunSummary (also on failure, via summary)."""
+
+    def __init__(self, cfg: JobConfig, spark: SparkSession | None = None) -> None:
+        self.cfg = cfg
+        self.run_id = uuid.uuid4().hex[:16]
+        self.summary = RunSummary(run_id=self.run_id, job_name=cfg.job_name, input=cfg.input,
+                                  output=cfg.output, task=cfg.task)
+        self.summary.config_hash = hashlib.sha256(
+            json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()[:16]
+        self._spark = spark
+        self.spec: ModelSpec | None = None
+        self.plan: plan.Plan | None = None
+
+    # -- stages ---------------------------------------------------------------------------------
+    def validate_model(self) -> ModelSpec:
+        """Task, options and model folder checked (and fingerprinted) before Spark starts."""
+        cfg = self.cfg
+        if cfg.model is not None and cfg.model.strip() == "":
+            raise ConfigError("config field 'model'='': empty model reference")
+        t0 = time.monotonic()
+        self.spec = make_spec(cfg.task, cfg.model, **cfg.task_option_values())
+        self.summary.model = self.spec.reference
+        self.summary.model_fingerprint = self.spec.fingerprint
+        self.summary.durations_s["fingerprint"] = round(time.monotonic() - t0, 3)
+        return self.spec
+
+    def session_unchecked(self) -> SparkSession:
+        if self._spark is None:
+            t0 = time.monotonic()
+            conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(self.cfg.arrow_batch_size),
+                    **self.cfg.spark_conf}
+            self._spark = build_session(self.cfg.job_name, self.cfg.master, conf, self.cfg.delta_jars)
+            self.summary.durations_s["session_start"] = round(time.monotonic() - t0, 3)
+        return self._spark
+
+    def session(self) -> SparkSession:
+        self.session_unchecked()
+        if not delta_available(self._spark):
+            raise DeltaMissing("Delta Lake classes are not on this Spark session's classpath")
+        # runtime conf also applies to a session we did not create (notebook, spark-submit)
+        self._spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(self.cfg.arrow_batch_size))
+        return self._spark
+
+    def make_plan(self) -> plan.Plan:
+        cfg, spark, spec = self.cfg, self.session(), self.spec or self.validate_model()
+        t0 = time.monotonic()
+        inp, out = TableRef(cfg.input), TableRef(cfg.output)
+        if not inp.exists(spark):
+            raise ConfigError(f"input={cfg.input!r}: not an existing Delta table")
+        version = inp.version(spark)
+        df = inp.read(spark, version)
+        cols = df.columns
+        for field, col in (("id_col", cfg.id_col), ("text_col", cfg.text_col)):
+            if col not in cols:
+                raise ConfigError(f"config field {field!r}={col!r}: no such column in input (columns: {cols})")
+        unit_cols = list(cfg.partition_by) if cfg.partition_by is not None else inp.partition_columns(spark)
+        for c in unit_cols:
+            if c not in cols:
+                raise ConfigError(f"config field 'partition_by'={c!r}: no such column in input (columns: {cols})")
+        bucketed = not unit_cols
+        tag = ""
+        if bucketed:
+            unit_cols = [BUCKET_COLUMN]
+            df = df.withColumn(BUCKET_COLUMN, plan.bucket_expr(cfg.id_col, cfg.buckets))
+            tag = f"b{cfg.buckets}:"
+        self.unit_cols, self.input_df = unit_cols, df
+        self.expected_schema = self._expected_schema(df, unit_cols)
+        self.summary.input_version = version
+        units = plan.input_units(df, unit_cols, [cfg.id_col, cfg.text_col], tag=tag)
+        committed: dict = {}
+        if out.exists(spark):
+            dt = out.delta_table(spark)
+            existing = dt.toDF()
+            commit.check_compatible(existing.schema, out.partition_columns(spark), self.expected_schema,
+                                    unit_cols, out)
+            self.summary.output_version_before = out.version(spark)
+            committed = plan.output_units(existing, unit_cols)
+        pending, done, stale, orphaned = plan.decide(units, committed, spec.fingerprint, cfg.on_model_change)
+        self.plan = plan.Plan(tuple(unit_cols), bucketed, version, pending, done, stale, orphaned)
+        self.summary.plan = self.plan.counts()
+        self.summary.durations_s["plan"] = round(time.monotonic() - t0, 3)
+        return self.plan
+
+    def _expected_schema(self, df: DataFrame, unit_cols: list[str]) -> StructType:
+        cfg = self.cfg
+        keys = [cfg.id_col, *[c for c in unit_cols if c != cfg.id_col]]
+        key_fields = [df.schema[k] for k in keys]
+        base = output_schema(self.spec, key_fields, cfg.prediction_col)
+        names = [f.name for f in base.fields]
+        clash = [c for c in LINEAGE_COLUMNS if c in names]
+        if clash:
+            raise ConfigError(f"input columns {clash} clash with spark-infer's lineage columns; rename them")
+        if cfg.prediction_col in keys or "error" in keys:
+            raise ConfigError(f"config field 'output_col'={cfg.prediction_col!r} clashes with a key column")
+        self.keys = keys
+        return StructType([*[StructField(f.name, f.dataType, True) for f in base.fields], *lineage_schema()])
+
+    def score_and_commit(self) -> None:
+        cfg, spark, spec, p = self.cfg, self.session(), self.spec, self.plan
+        out = TableRef(cfg.output)
+        commit.ensure_table(spark, out, self.expected_schema, list(self.unit_cols), cfg.change_data_feed)
+        base_version = out.version(spark)
+        if self.summary.output_version_before is None:
+            self.summary.output_version_before = base_version
+        parallelism = cfg.score_partitions or spark.sparkContext.defaultParallelism
+        progress = Progress(len(p.pending), p.pending_rows)
+        acc = new_metrics_accumulator(spark)
+        t_all = time.monotonic()
+        for unit, reason in p.pending:
+            label = unit.label(self.unit_cols)
+            where = plan.unit_filter(self.unit_cols, unit)
+            t0 = time.monotonic()
+            try:
+                src = self.input_df.where(where)
+                if parallelism > 1 and unit.rows > 1:
+                    src = src.repartition(min(parallelism, unit.rows))
+                scored = predict_frame(
+                    src, cfg.text_col, spec=spec, keys=self.keys, output_col=cfg.prediction_col,
+                    metrics=acc, **cfg.runtime_options().model_dump(),
+                )
+                scored = scored.select(
+                    *[c for c in scored.columns],
+                    F.lit(spec.reference).alias("model"),
+                    F.lit(spec.fingerprint).alias("model_fingerprint"),
+                    F.lit(cfg.task).alias("task"),
+                    F.lit(self.run_id).alias("run_id"),
+                    F.lit(p.input_version).cast("long").alias("input_version"),
+                    F.lit(unit.state).alias("input_state"),
+                    F.current_timestamp().alias("scored_at"),
+                ).select(*[f.name for f in self.expected_schema.fields])
+                commit.write_unit(scored, out, where, commit.txn_app_id(out, label), base_version + 1)
+            except Exception as exc:
+                if _is_concurrency_error(exc):
+                    raise ConcurrentRunError(
+                        f"another run wrote unit {label} of {cfg.output} concurrently; committed units are "
+                        "kept, rerun to finish"
+                    ) from exc
+                msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                self.summary.units_failed[label] = msg[:2000]
+                emit("unit_failed", unit=label, reason=reason, error=msg[:300])
+                continue
+            self.summary.units_committed.append(label)
+            self.summary.rows_scored += unit.rows
+            progress.unit_done(label, unit.rows, time.monotonic() - t0)
+        self.summary.counters = dict(acc.value) if acc is not None else {}
+        self.summary.durations_s["score_commit"] = round(time.monotonic() - t_all, 3)
+        self.summary.output_version_after = out.version(spark)
