@@ -10,6 +10,18 @@ all-MiniLM-L6-v2. Variants (pick with --variants):
   c  pyspark.ml.functions.predict_batch_udf doing (a)'s per-batch work in the Python workers
   d  spark_infer.predict_udf("embed", ...)              (Arrow UDF)
   e  spark_infer.predict_frame(df, "text", "embed", ...) (mapInArrow)
+  f  (opt-in) loop (b) with ONE torch thread: a per-core reference; with local[2] each Spark task
+     runs in its own Python worker with one torch thread (OMP_NUM_THREADS=1), so 2 x f is what
+     two such workers could do at best
+  g  (opt-in) spark-infer's worker runtime (Runner: encode, length sort, micro-batches, Arrow
+     output) called in-process with one torch thread, no Spark: the corpus split round-robin into
+     --partitions "tasks" of Arrow batches of --arrow-batch rows, run one after the other. g vs f
+     is the runtime's own cost; d/e vs g is what Spark (JVM, Arrow IPC, scheduling) adds
+
+Besides wall-clock rows/s, each variant reports the CPU seconds it burnt (this process and all its
+descendants: the JVM and the Python workers) and rows per CPU-second, which is less disturbed by
+other load on the machine than wall-clock time; the 1-minute load average before/after is printed
+to flag a noisy run.
 
 Spark variants share one session; the input is cached and counted before timing, each variant gets
 an untimed warm-up on a small slice (workers start and load the model; its outputs are compared with
@@ -37,6 +49,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # One setting for the driver loops and the Spark workers (which inherit this environment).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 VARIANTS = {
     "a": "bare torch loop, input order",
@@ -44,8 +57,59 @@ VARIANTS = {
     "c": "pyspark predict_batch_udf",
     "d": "spark_infer.predict_udf (Arrow UDF)",
     "e": "spark_infer.predict_frame (mapInArrow)",
+    "f": "bare torch loop, sorted, 1 torch thread",
+    "g": "spark_infer Runner in-process, 1 thread",
 }
 SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+
+
+# -- CPU accounting ---------------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """utime + stime of `root` (default: this process) and all its live descendants, from /proc."""
+    root = os.getpid() if root is None else root
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(name)
+        children.setdefault(int(fields[1]), []).append(pid)  # fields[1] = ppid
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+class Meter:
+    """Wall time, CPU seconds of the process tree, and load averages around a block."""
+
+    def __enter__(self):
+        self.load0 = os.getloadavg()[0]
+        self.cpu0 = tree_cpu_seconds()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu = tree_cpu_seconds() - self.cpu0
+        self.load1 = os.getloadavg()[0]
+        return False
+
+    def fields(self, rows: int) -> dict[str, float]:
+        return {"seconds": self.seconds, "rows_per_s": rows / self.seconds, "cpu_s": self.cpu,
+                "rows_per_cpu_s": rows / self.cpu if self.cpu > 0 else float("nan"),
+                "load_before": self.load0, "load_after": self.load1}
 
 
 # -- corpus -------------------------------------------------------------------------------------
@@ -115,21 +179,21 @@ def embed_batch(tok, model, texts: list[str], max_length: int) -> tuple[np.ndarr
     return emb.numpy(), int(enc["input_ids"].numel())
 
 
-def bare_loop(tok, model, texts: list[str], batch_size: int, max_length: int) -> tuple[np.ndarray, float, int]:
+def bare_loop(tok, model, texts: list[str], batch_size: int, max_length: int) -> tuple[np.ndarray, Meter, int]:
     out, padded = [], 0
-    t0 = time.perf_counter()
-    for i in range(0, len(texts), batch_size):
-        emb, p = embed_batch(tok, model, texts[i: i + batch_size], max_length)
-        out.append(emb)
-        padded += p
-    return np.concatenate(out), time.perf_counter() - t0, padded
+    with Meter() as m:
+        for i in range(0, len(texts), batch_size):
+            emb, p = embed_batch(tok, model, texts[i: i + batch_size], max_length)
+            out.append(emb)
+            padded += p
+    return np.concatenate(out), m, padded
 
 
 # -- Spark ---------------------------------------------------------------------------------------
-def noop_write(df) -> float:
-    t0 = time.perf_counter()
-    df.write.format("noop").mode("overwrite").save()
-    return time.perf_counter() - t0
+def noop_write(df) -> Meter:
+    with Meter() as m:
+        df.write.format("noop").mode("overwrite").save()
+    return m
 
 
 def max_abs_diff(rows, ref: dict[int, np.ndarray]) -> float:
@@ -138,11 +202,16 @@ def max_abs_diff(rows, ref: dict[int, np.ndarray]) -> float:
 
 
 def worker_probe(spark, partitions: int) -> list[dict[str, Any]]:
-    """pid, OMP_NUM_THREADS and torch's default thread count in the Python workers."""
+    """pid, OMP_NUM_THREADS and torch's default thread count in the Python workers.
+
+    Also imports torch and transformers there, so that every variant's warm-up measures model
+    loading, not the first import in a fresh worker (which would land on whichever runs first).
+    """
     import pandas as pd
 
     def probe(it):
         import torch
+        from transformers import AutoModel, AutoTokenizer, BertModel  # noqa: F401
 
         for _ in it:
             pass
@@ -158,7 +227,40 @@ def counters_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, i
     return {k: v - before.get(k, 0) for k, v in after.items()}
 
 
-def run_spark(args, texts: list[str], ref_warm: dict[int, np.ndarray], model_dir: str,
+def run_runtime_in_process(args, texts: list[str]) -> dict[str, Any]:
+    """Variant g: spark_infer's Runner over Arrow-batch-sized chunks of round-robin 'partitions'."""
+    from spark_infer.runtime import TaskResources, make_spec, open_runner
+    from spark_infer.runtime.metrics import new_counters
+    from spark_infer.runtime.spec import make_runtime_options
+
+    opts: dict[str, Any] = {"batch_size": args.batch_size}
+    if args.token_budget:
+        opts["token_budget"] = args.token_budget
+    spec = make_spec("embed", None, max_length=args.max_length)
+    counters = new_counters()
+    t0 = time.perf_counter()
+    runner = open_runner(spec, make_runtime_options(**opts), TaskResources(cpus=1), counters)
+    load_s = time.perf_counter() - t0
+    runner.run(texts[: args.batch_size])  # warm-up, like the bare loops
+    for k in counters:
+        counters[k] = 0
+    arrow_batch = args.arrow_batch or 10000
+    parts = [texts[p:: args.partitions] for p in range(args.partitions)]
+    with Meter() as m:
+        for part in parts:
+            for i in range(0, len(part), arrow_batch):
+                runner.run(part[i: i + arrow_batch])
+    return {"variant": "g", "name": VARIANTS["g"], "rows": len(texts), **m.fields(len(texts)), "load_s": load_s,
+            "padded_tokens": counters["padded_tokens"], "counters": dict(counters), "warmup_counters": {}}
+
+
+def sorted_padded_tokens(lengths: np.ndarray, batch_size: int) -> int:
+    """Padded tokens when `lengths` are sorted and cut every `batch_size` rows."""
+    s = np.sort(lengths)
+    return int(sum(len(s[i: i + batch_size]) * s[i: i + batch_size].max() for i in range(0, len(s), batch_size)))
+
+
+def run_spark(args, texts: list[str], lengths: np.ndarray, ref_warm: dict[int, np.ndarray], model_dir: str,
               results: dict[str, Any], report: dict[str, Any]) -> None:
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, StructField, StructType
@@ -188,9 +290,19 @@ def run_spark(args, texts: list[str], ref_warm: dict[int, np.ndarray], model_dir
     warm.count()
     print(f"input cached: {n} rows in partitions {sizes} ({time.perf_counter() - t0:.1f} s)")
     report["partition_sizes"] = sizes
+    # work per partition: the slowest task sets the stage's wall time
+    part_ids = df.rdd.glom().map(lambda rows: [r.id for r in rows]).collect()
+    clipped = np.minimum(lengths, args.max_length)
+    report["partition_tokens"] = [int(clipped[ids].sum()) for ids in part_ids]
+    report["partition_padded_tokens_sorted"] = [sorted_padded_tokens(clipped[ids], args.batch_size)
+                                                for ids in part_ids]
+    print(f"tokens per partition (after truncation) {report['partition_tokens']}; padded if each partition "
+          f"is sorted and cut every {args.batch_size} rows {report['partition_padded_tokens_sorted']}")
+    t0 = time.perf_counter()
     probe = worker_probe(spark, args.partitions)
     report["worker_probe"] = probe
-    print("python workers (before any model): "
+    report["worker_start_import_s"] = time.perf_counter() - t0
+    print(f"python workers started, torch + transformers imported: {report['worker_start_import_s']:.1f} s; "
           + "; ".join(f"pid={p['pid']} OMP_NUM_THREADS={p['omp'] or '-'} torch_threads={p['torch_threads']}"
                       for p in probe))
 
@@ -246,7 +358,7 @@ def run_spark(args, texts: list[str], ref_warm: dict[int, np.ndarray], model_dir
         warm_rows = [(r["id"], r["emb"]) for r in score(warm).collect()]
         warm_s = time.perf_counter() - t0
         before = snap()
-        seconds = noop_write(score(df))
+        meter = noop_write(score(df))
         after = snap()
         if v == "c":
             extra["worker_model_loads"] = before["model_loads"]
@@ -255,8 +367,7 @@ def run_spark(args, texts: list[str], ref_warm: dict[int, np.ndarray], model_dir
         else:
             extra["warmup_counters"] = before
             extra["counters"] = counters_delta(after, before)
-        res = {"variant": v, "name": VARIANTS[v], "rows": n, "seconds": seconds, "rows_per_s": n / seconds,
-               "warmup_s": warm_s, "warmup_rows": len(warm_rows),
+        res = {"variant": v, "name": VARIANTS[v], "rows": n, **meter.fields(n), "warmup_s": warm_s, "warmup_rows": len(warm_rows),
                "max_abs_diff_vs_bare": max_abs_diff(warm_rows, ref_warm), **extra}
         results[v] = res
         print_result(res)
@@ -264,9 +375,9 @@ def run_spark(args, texts: list[str], ref_warm: dict[int, np.ndarray], model_dir
 
 
 def print_result(r: dict[str, Any]) -> None:
-    line = f"({r['variant']}) {r['name']:<42} {r['rows']:>6} rows {r['seconds']:8.2f} s {r['rows_per_s']:8.1f} rows/s"
-    print(line, flush=True)
-    details = []
+    print(f"({r['variant']}) {r['name']:<42} {r['rows']:>6} rows {r['seconds']:8.2f} s {r['rows_per_s']:8.1f} rows/s"
+          f"   cpu {r['cpu_s']:7.1f} s {r['rows_per_cpu_s']:6.1f} rows/cpu-s", flush=True)
+    details = [f"load avg {r['load_before']:.1f} -> {r['load_after']:.1f}"]
     if "load_s" in r:
         details.append(f"model load {r['load_s']:.2f} s")
     if "warmup_s" in r:
@@ -290,7 +401,7 @@ def print_result(r: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
+    ap.add_argument("--variants", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e,f,g")
     ap.add_argument("--rows", type=int, default=3000, help="cap on unique docstrings (0 = all, ~10k)")
     ap.add_argument("--min-chars", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0, help="seed of the corpus shuffle")
@@ -358,36 +469,47 @@ def main(argv: list[str] | None = None) -> int:
     embed_batch(tok, model, texts[: args.batch_size], args.max_length)  # warm the bare loop up
     print(f"bare loops: torch threads {torch.get_num_threads()}, model load {load_s:.2f} s")
     emb_a = None
-    for v in [x for x in args.variants if x in "ab"]:
+    for v in [x for x in args.variants if x in "abf"]:
         order = list(range(len(texts)))
-        if v == "b":
+        if v in "bf":
             order.sort(key=lambda i: lengths[i])
-        emb, seconds, padded = bare_loop(tok, model, [texts[i] for i in order], args.batch_size, args.max_length)
+        torch.set_num_threads(1 if v == "f" else args.threads)
+        emb, meter, padded = bare_loop(tok, model, [texts[i] for i in order], args.batch_size, args.max_length)
         if v == "a":
             emb_a = emb
-        elif emb_a is not None:
+        elif v == "b" and emb_a is not None:
             back = np.empty_like(emb)
             back[np.asarray(order)] = emb
             report["max_abs_diff_a_vs_b"] = float(np.abs(back - emb_a).max())
-        results[v] = {"variant": v, "name": VARIANTS[v], "rows": len(texts), "seconds": seconds,
-                      "rows_per_s": len(texts) / seconds, "load_s": load_s, "padded_tokens": padded}
+        results[v] = {"variant": v, "name": VARIANTS[v], "rows": len(texts), **meter.fields(len(texts)),
+                      "load_s": load_s, "padded_tokens": padded, "torch_threads": torch.get_num_threads()}
         print_result(results[v])
+    torch.set_num_threads(args.threads)
     if "max_abs_diff_a_vs_b" in report:
         print(f"      max |a - b| over the corpus {report['max_abs_diff_a_vs_b']:.2e}")
+    if "g" in args.variants:
+        results["g"] = run_runtime_in_process(args, texts)
+        print_result(results["g"])
+        torch.set_num_threads(args.threads)
 
     if any(v in "cde" for v in args.variants):
-        run_spark(args, texts, ref_warm, model_dir, results, report)
+        run_spark(args, texts, lengths, ref_warm, model_dir, results, report)
 
     report["results"] = results
     ratios = {}
+    cpu_ratios = {}
     for num, den in [("b", "a"), ("c", "a"), ("d", "a"), ("e", "a"), ("d", "b"), ("e", "b"), ("d", "c"),
-                     ("e", "c"), ("e", "d")]:
+                     ("e", "c"), ("e", "d"), ("b", "f"), ("d", "f"), ("e", "f")]:
         if num in results and den in results:
             ratios[f"{num}/{den}"] = results[num]["rows_per_s"] / results[den]["rows_per_s"]
+            cpu_ratios[f"{num}/{den}"] = results[num]["rows_per_cpu_s"] / results[den]["rows_per_cpu_s"]
     report["ratios"] = ratios
-    print("\nrows/s: " + "  ".join(f"({k}) {r['rows_per_s']:.1f}" for k, r in results.items()))
+    report["cpu_ratios"] = cpu_ratios
+    print("\nrows/s:       " + "  ".join(f"({k}) {r['rows_per_s']:.1f}" for k, r in results.items()))
+    print("rows/cpu-s:   " + "  ".join(f"({k}) {r['rows_per_cpu_s']:.1f}" for k, r in results.items()))
     if ratios:
-        print("ratios (rows/s): " + "  ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+        print("ratios (rows/s):     " + "  ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+        print("ratios (rows/cpu-s): " + "  ".join(f"{k} {v:.2f}" for k, v in cpu_ratios.items()))
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(report, f, indent=2, default=str)
