@@ -52,6 +52,7 @@ class JobConfig(BaseModel):
     score_partitions: int | None = Field(
         default=None, ge=1, description="Spark tasks per unit (default: the cluster's parallelism)"
     )
+    concurrent_units: int = Field(default=2, ge=1, le=64, description="units scored and committed at once")
     # incremental behaviour
     on_model_change: Literal["rescore", "new_only"] = "rescore"
     change_data_feed: bool = False

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -154,12 +156,16 @@ class ScoringJob:
         parallelism = cfg.score_partitions or spark.sparkContext.defaultParallelism
         progress = Progress(len(p.pending), p.pending_rows)
         acc = new_metrics_accumulator(spark)
-        t_all = time.monotonic()
-        for unit, reason in p.pending:
+        lock = threading.Lock()
+        conflict: list[BaseException] = []
+
+        def score_unit(unit: plan.Unit, reason: str) -> None:
             label = unit.label(self.unit_cols)
             where = plan.unit_filter(self.unit_cols, unit)
             t0 = time.monotonic()
             try:
+                if conflict:
+                    return  # another unit hit a concurrent writer: stop starting new work
                 src = self.input_df.where(where)
                 if parallelism > 1 and unit.rows > 1:
                     src = src.repartition(min(parallelism, unit.rows))
@@ -168,7 +174,7 @@ class ScoringJob:
                     metrics=acc, **cfg.runtime_options().model_dump(),
                 )
                 scored = scored.select(
-                    *[c for c in scored.columns],
+                    *scored.columns,
                     F.lit(spec.reference).alias("model"),
                     F.lit(spec.fingerprint).alias("model_fingerprint"),
                     F.lit(cfg.task).alias("task"),
@@ -178,19 +184,29 @@ class ScoringJob:
                     F.current_timestamp().alias("scored_at"),
                 ).select(*[f.name for f in self.expected_schema.fields])
                 commit.write_unit(scored, out, where, commit.txn_app_id(out, label), base_version + 1)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one unit's failure must not lose the others
                 if _is_concurrency_error(exc):
-                    raise ConcurrentRunError(
-                        f"another run wrote unit {label} of {cfg.output} concurrently; committed units are "
-                        "kept, rerun to finish"
-                    ) from exc
+                    conflict.append(exc)
+                    return
                 msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                self.summary.units_failed[label] = msg[:2000]
+                with lock:
+                    self.summary.units_failed[label] = msg[:2000]
                 emit("unit_failed", unit=label, reason=reason, error=msg[:300])
-                continue
-            self.summary.units_committed.append(label)
-            self.summary.rows_scored += unit.rows
-            progress.unit_done(label, unit.rows, time.monotonic() - t0)
+                return
+            with lock:
+                self.summary.units_committed.append(label)
+                self.summary.rows_scored += unit.rows
+                progress.unit_done(label, unit.rows, time.monotonic() - t0)
+
+        t_all = time.monotonic()
+        # A few units in flight at once hide Spark's per-job latency (planning, commit) behind
+        # another unit's scoring; each unit is still its own atomic commit.
+        with ThreadPoolExecutor(max_workers=max(1, cfg.concurrent_units), thread_name_prefix="unit") as pool:
+            list(pool.map(lambda ur: score_unit(*ur), p.pending))
+        if conflict:
+            raise ConcurrentRunError(
+                f"another run wrote to {cfg.output} concurrently; committed units are kept, rerun to finish"
+            ) from conflict[0]
         self.summary.counters = dict(acc.value) if acc is not None else {}
         self.summary.durations_s["score_commit"] = round(time.monotonic() - t_all, 3)
         self.summary.output_version_after = out.version(spark)

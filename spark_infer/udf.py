@@ -144,10 +144,7 @@ def predict_frame(
     src = df.select(*keys, (df[input_col] if isinstance(input_col, str) else input_col).alias(input_name))
     key_fields = [src.schema[k] for k in keys]
     schema = output_schema(spec, key_fields, output_col)
-    arrow_schema = pa.schema(
-        [pa.field(k, _arrow_type(f.dataType)) for k, f in zip(keys, key_fields, strict=True)]
-        + [pa.field(output_col, spec.output_type()), pa.field("error", pa.string())]
-    )
+    out_fields = [pa.field(output_col, spec.output_type()), pa.field("error", pa.string())]
 
     def _score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         counters = new_counters()
@@ -161,8 +158,10 @@ def predict_frame(
         try:
             for out, err in score_stream(spec, runtime, inputs(), counters):
                 b = pending.pop(0)
+                # key types come from the batch itself (Spark already chose them, time zones included)
+                fields = [b.schema.field(k) for k in keys] + out_fields
                 cols = [b.column(k) for k in keys] + [out, err]
-                yield pa.RecordBatch.from_arrays(cols, schema=arrow_schema)
+                yield pa.RecordBatch.from_arrays(cols, schema=pa.schema(fields))
         finally:
             _flush(counters, metrics)
 
@@ -170,8 +169,3 @@ def predict_frame(
         _score, schema
     )
 
-
-def _arrow_type(dt):
-    from pyspark.sql.pandas.types import to_arrow_type
-
-    return to_arrow_type(dt)

@@ -25,7 +25,7 @@ from spark_infer.runtime import (
     plan_micro_batches,
     score_stream,
 )
-from spark_infer.runtime.batching import Runner, RowError
+from spark_infer.runtime.batching import RowError, Runner
 from spark_infer.runtime.device import gpu_index
 from spark_infer.runtime.metrics import COUNTER_NAMES
 from spark_infer.runtime.spec import ConfigError
@@ -648,26 +648,50 @@ def test_truncated_rows_counts_only_long_text(tiny_bert: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 CLS_TEXTS = ["good movie", "terrible service and slow phone", "", "the product is great",
-             "i hate this book", "unknown tokens only zzz", "fast fast fast fast"]
+             "i hate this book", "unknown tokens only zzz", "fast fast fast fast", "love the music",
+             "sad customer with a bad battery", "the screen of this phone is fine"]
 
 
-def _direct_probs(model_dir: str, texts: list[str], multi_label: bool) -> np.ndarray:
+def make_sharp_classifier(path: str, labels=("negative", "neutral", "positive")) -> str:
+    """Like tiny_models.make_tiny_classifier but with large random weights, so that outputs differ
+    clearly between texts (the fixture's model scores every text ~0.5017 'positive')."""
+    from tiny_models import _bert_config, _word_level_tokenizer
+    from transformers import BertForSequenceClassification
+
+    os.makedirs(path, exist_ok=True)
+    n = _word_level_tokenizer(path)
+    cfg = _bert_config(n, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                       label2id={lab: i for i, lab in enumerate(labels)}, initializer_range=0.5)
+    torch.manual_seed(1)
+    BertForSequenceClassification(cfg).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sharp_classifier(tmp_path_factory) -> str:
+    return make_sharp_classifier(str(tmp_path_factory.mktemp("models") / "sharp-cls"))
+
+
+def _direct_probs(model_dir: str, texts: list[str], multi_label: bool) -> tuple[list[str], np.ndarray]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    labels = [model.config.id2label[k] for k in range(model.config.num_labels)]
     rows = []
     with torch.no_grad():
         for t in texts:
             logits = model(**tok(t, return_tensors="pt")).logits[0].float()
             rows.append((torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)).numpy())
-    return np.array(rows)
+    return labels, np.array(rows)
 
 
+@pytest.mark.parametrize("model_fixture", ["tiny_classifier", "sharp_classifier"])
 @pytest.mark.parametrize("multi_label", [False, True])
-def test_classify_matches_transformers(tiny_classifier: str, multi_label: bool) -> None:
+def test_classify_matches_transformers(request, model_fixture: str, multi_label: bool) -> None:
+    model_dir = request.getfixturevalue(model_fixture)
     cache = ModelCache()
-    spec = make_spec("classify", tiny_classifier, return_all_scores=True, multi_label=multi_label)
+    spec = make_spec("classify", model_dir, return_all_scores=True, multi_label=multi_label)
     assert spec.output_type() == pa.struct([
         pa.field("label", pa.string()), pa.field("score", pa.float32()),
         pa.field("probabilities", pa.map_(pa.string(), pa.float32())),
@@ -677,11 +701,10 @@ def test_classify_matches_transformers(tiny_classifier: str, multi_label: bool) 
     assert err.to_pylist() == [None] * (len(CLS_TEXTS) + 1)
     rows = out.to_pylist()
     assert rows[-1] is None
-    probs = _direct_probs(tiny_classifier, CLS_TEXTS, multi_label)
-    labels = ["negative", "positive"]
+    labels, probs = _direct_probs(model_dir, CLS_TEXTS, multi_label)
     for i, row in enumerate(rows[:-1]):
         best = int(np.argmax(probs[i]))
-        assert row["label"] == labels[best]
+        assert row["label"] == labels[best], (i, CLS_TEXTS[i])
         assert row["score"] == pytest.approx(float(probs[i][best]), abs=1e-5)
         pmap = dict(row["probabilities"])
         assert set(pmap) == set(labels)
@@ -689,10 +712,12 @@ def test_classify_matches_transformers(tiny_classifier: str, multi_label: bool) 
             assert pmap[lab] == pytest.approx(float(probs[i][k]), abs=1e-5)
         if not multi_label:
             assert sum(pmap.values()) == pytest.approx(1.0, abs=1e-5)
-    if multi_label:
-        # sigmoid outputs are independent: they do not sum to 1
-        sums = [sum(dict(r["probabilities"]).values()) for r in rows[:-1]]
-        assert any(abs(s - 1.0) > 1e-3 for s in sums)
+    if model_fixture == "sharp_classifier":
+        assert len({r["label"] for r in rows[:-1]}) >= 2  # the comparison above discriminates
+        if multi_label:
+            # sigmoid outputs are independent: they do not sum to 1
+            sums = [sum(dict(r["probabilities"]).values()) for r in rows[:-1]]
+            assert any(abs(s - 1.0) > 0.05 for s in sums)
 
 
 def test_classify_without_all_scores(tiny_classifier: str) -> None:
@@ -702,8 +727,9 @@ def test_classify_without_all_scores(tiny_classifier: str) -> None:
     out, _ = runner.run(["good movie"])
     row = out.to_pylist()[0]
     assert set(row) == {"label", "score"}
-    p = _direct_probs(tiny_classifier, ["good movie"], False)[0]
-    assert row["score"] == pytest.approx(float(p.max()), abs=1e-5)
+    labels, p = _direct_probs(tiny_classifier, ["good movie"], False)
+    assert row["label"] == labels[int(p[0].argmax())]
+    assert row["score"] == pytest.approx(float(p[0].max()), abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -774,3 +800,17 @@ def test_pickle_weights_refused_unless_allowed(tmp_path) -> None:
         h = model(input_ids=torch.tensor(enc.ids)).last_hidden_state.mean(1)[0]
     ref = torch.nn.functional.normalize(h, dim=0).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_relative_model_path_is_made_absolute_for_workers(tiny_bert, monkeypatch):
+    import os
+
+    from spark_infer.runtime.spec import make_spec as _make_spec
+
+    parent, name = os.path.split(tiny_bert)
+    monkeypatch.chdir(parent)
+    spec = _make_spec("embed", name)
+    assert spec.reference == tiny_bert
+    monkeypatch.chdir("/")
+    task = spec.load("cpu")  # a worker in another working directory still finds it
+    assert task.model_dir == tiny_bert

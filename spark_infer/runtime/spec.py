@@ -60,8 +60,9 @@ def resolve_model_dir(reference: str | None) -> str:
         ):
             raise ConfigError(f"model={reference!r}: folder has no config.json (not a model folder)")
         return expanded
-    looks_like_path = reference.startswith((".", "/", "~")) or os.sep in reference.strip("/").split("/", 1)[0]
-    if looks_like_path or reference.count("/") > 1:
+    # a hub id is "name" or "org/name"; anything else that is not a folder is a missing path
+    looks_like_path = reference.startswith((".", "/", "~")) or reference.count("/") > 1 or "\\" in reference
+    if looks_like_path:
         raise ConfigError(f"model={reference!r}: no such model folder")
     try:
         from huggingface_hub import snapshot_download
@@ -140,6 +141,9 @@ def make_spec(task: str, model: str | None = None, **options: Any) -> ModelSpec:
         raise ConfigError(_format_validation(exc, prefix=f"{task} option")) from None
     reference = model or DEFAULT_MODEL
     model_dir = resolve_model_dir(None if reference == DEFAULT_MODEL else reference)
+    if reference != DEFAULT_MODEL and os.path.isdir(os.path.expanduser(reference)):
+        # workers resolve the reference again from their own working directory: make it absolute
+        reference = model_dir
     options_json = json.dumps(opts.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     fp = hashlib.sha256(
         f"{task}\n{options_json}\n{hash_model_dir(model_dir)}".encode()
