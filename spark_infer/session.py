@@ -64,6 +64,11 @@ def build_session(
         "spark.sql.shuffle.partitions": str(max(2, os.cpu_count() or 2)),
         **DELTA_CONFS,
     }
+    effective_master = master or os.environ.get("MASTER") or ("local[*]" if not os.environ.get("PYSPARK_GATEWAY_PORT") else "")
+    if effective_master.startswith("local"):
+        # Delta rebuilds table state with 50 shuffle partitions by default: on a laptop or CI box
+        # that is most of a small commit's time (5.3 s -> 1.3 s per unit commit measured on 2 cores)
+        defaults["spark.databricks.delta.snapshotPartitions"] = str(max(2, os.cpu_count() or 2))
     for k, v in {**defaults, **(conf or {})}.items():
         builder = builder.config(k, v)
     jars = delta_jars or os.environ.get(DELTA_JARS_ENV)
