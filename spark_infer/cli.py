@@ -52,6 +52,8 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--on-error", dest="on_error", choices=["null", "fail"])
     p.add_argument("--on-model-change", dest="on_model_change", choices=["rescore", "new_only"])
+    p.add_argument("--gpus-per-task", dest="gpus_per_task", type=float)
+    p.add_argument("--cpus-per-task", dest="cpus_per_task", type=int)
     p.add_argument("--concurrent-units", dest="concurrent_units", type=int)
     p.add_argument("--master")
     p.add_argument("--job-name", dest="job_name")

@@ -52,6 +52,10 @@ class JobConfig(BaseModel):
     score_partitions: int | None = Field(
         default=None, ge=1, description="Spark tasks per unit (default: the cluster's parallelism)"
     )
+    gpus_per_task: float | None = Field(
+        default=None, gt=0, description="GPUs per scoring task (0.25 = four tasks share a GPU); needs a cluster"
+    )
+    cpus_per_task: int | None = Field(default=None, ge=1, description="CPU cores per scoring task")
     concurrent_units: int = Field(default=2, ge=1, le=64, description="units scored and committed at once")
     # incremental behaviour
     on_model_change: Literal["rescore", "new_only"] = "rescore"

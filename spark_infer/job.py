@@ -16,6 +16,8 @@ from pyspark.sql.types import StringType, StructField, StructType
 from spark_infer import commit, plan
 from spark_infer.config import BUCKET_COLUMN, LINEAGE_COLUMNS, JobConfig
 from spark_infer.report import Progress, RunSummary, emit
+from spark_infer.resources import scoring_profile
+from spark_infer.runtime import PLACEMENT_PREFIX
 from spark_infer.runtime.spec import ConfigError, ModelSpec, make_spec
 from spark_infer.session import build_session, delta_available
 from spark_infer.tables import TableRef
@@ -101,9 +103,24 @@ class ScoringJob:
         version = inp.version(spark)
         df = inp.read(spark, version)
         cols = df.columns
-        for field, col in (("id_col", cfg.id_col), ("text_col", cfg.text_col)):
-            if col not in cols:
-                raise ConfigError(f"config field {field!r}={col!r}: no such column in input (columns: {cols})")
+        if cfg.id_col not in cols:
+            raise ConfigError(f"config field 'id_col'={cfg.id_col!r}: no such column in input (columns: {cols})")
+        task_cols = spec.input_columns()
+        if task_cols is None:
+            if cfg.text_col not in cols:
+                raise ConfigError(
+                    f"config field 'text_col'={cfg.text_col!r}: no such column in input (columns: {cols})"
+                )
+            self.input_expr: str | list[str] = cfg.text_col
+            hashed = [cfg.id_col, cfg.text_col]
+        else:
+            missing = [c for c in task_cols if c not in cols]
+            if missing:
+                raise ConfigError(
+                    f"task {cfg.task!r} reads columns {missing} that the input lacks (columns: {cols})"
+                )
+            self.input_expr = list(task_cols)
+            hashed = [cfg.id_col, *task_cols]
         unit_cols = list(cfg.partition_by) if cfg.partition_by is not None else inp.partition_columns(spark)
         for c in unit_cols:
             if c not in cols:
@@ -117,7 +134,7 @@ class ScoringJob:
         self.unit_cols, self.input_df = unit_cols, df
         self.expected_schema = self._expected_schema(df, unit_cols)
         self.summary.input_version = version
-        units = plan.input_units(df, unit_cols, [cfg.id_col, cfg.text_col], tag=tag)
+        units = plan.input_units(df, unit_cols, hashed, tag=tag)
         committed: dict = {}
         if out.exists(spark):
             dt = out.delta_table(spark)
@@ -154,6 +171,7 @@ class ScoringJob:
         if self.summary.output_version_before is None:
             self.summary.output_version_before = base_version
         parallelism = cfg.score_partitions or spark.sparkContext.defaultParallelism
+        profile = scoring_profile(spark, cfg.gpus_per_task, cfg.cpus_per_task)
         progress = Progress(len(p.pending), p.pending_rows)
         acc = new_metrics_accumulator(spark)
         lock = threading.Lock()
@@ -170,7 +188,7 @@ class ScoringJob:
                 if parallelism > 1 and unit.rows > 1:
                     src = src.repartition(min(parallelism, unit.rows))
                 scored = predict_frame(
-                    src, cfg.text_col, spec=spec, keys=self.keys, output_col=cfg.prediction_col,
+                    src, self.input_expr, spec=spec, profile=profile, keys=self.keys, output_col=cfg.prediction_col,
                     metrics=acc, **cfg.runtime_options().model_dump(),
                 )
                 scored = scored.select(
@@ -207,6 +225,8 @@ class ScoringJob:
             raise ConcurrentRunError(
                 f"another run wrote to {cfg.output} concurrently; committed units are kept, rerun to finish"
             ) from conflict[0]
-        self.summary.counters = dict(acc.value) if acc is not None else {}
+        counters = dict(acc.value) if acc is not None else {}
+        self.summary.counters = {k: v for k, v in counters.items() if not k.startswith(PLACEMENT_PREFIX)}
+        self.summary.placement = sorted(k[len(PLACEMENT_PREFIX):] for k in counters if k.startswith(PLACEMENT_PREFIX))
         self.summary.durations_s["score_commit"] = round(time.monotonic() - t_all, 3)
         self.summary.output_version_after = out.version(spark)

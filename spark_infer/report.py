@@ -51,6 +51,8 @@ class RunSummary:
     units_failed: dict[str, str] = field(default_factory=dict)
     rows_scored: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    #: "load|pid|device" and "task|attempt|pid|gpu addresses|device|start_ns|end_ns" records
+    placement: list[str] = field(default_factory=list)
     durations_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 

@@ -120,7 +120,7 @@ def output_schema(spec: ModelSpec, key_fields: Sequence[StructField], output_col
 
 def predict_frame(
     df: DataFrame,
-    input_col: str | Column,
+    input_col: str | Column | Sequence[str] | None,
     task: str = "embed",
     model: str | None = None,
     *,
@@ -141,7 +141,19 @@ def predict_frame(
     else:
         runtime = make_runtime_options(**split_options(options)[0])
     input_name = "__spark_infer_input"
-    src = df.select(*keys, (df[input_col] if isinstance(input_col, str) else input_col).alias(input_name))
+    if input_col is None:
+        input_col = spec.input_columns()
+        if input_col is None:
+            raise ValueError(f"task {spec.task!r} needs an input column")
+    if isinstance(input_col, str):
+        expr = df[input_col]
+    elif isinstance(input_col, Column):
+        expr = input_col
+    else:  # several columns: each row reaches the task as a dict
+        from pyspark.sql import functions as F
+
+        expr = F.struct(*[df[c] for c in input_col])
+    src = df.select(*keys, expr.alias(input_name))
     key_fields = [src.schema[k] for k in keys]
     schema = output_schema(spec, key_fields, output_col)
     out_fields = [pa.field(output_col, spec.output_type()), pa.field("error", pa.string())]

@@ -6,6 +6,8 @@ the task's resources, gets the model from the per-process cache and scores each 
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -49,7 +51,26 @@ def open_runner(
     task, loaded = cache.get(spec.cache_key(device), lambda: spec.load(device))
     if loaded:
         counters["model_loads"] += 1
-    return Runner(task, runtime.batch_size, runtime.token_budget, runtime.on_error, counters)
+        # per (worker process, device): how the GPU placement tests count loads
+        counters[f"{PLACEMENT_PREFIX}load|{os.getpid()}|{device}"] += 1
+    runner = Runner(task, runtime.batch_size, runtime.token_budget, runtime.on_error, counters)
+    runner.device = device
+    runner.resources = resources
+    return runner
+
+
+#: counters whose key starts with this describe task placement, not volumes (kept apart in reports)
+PLACEMENT_PREFIX = "placement|"
+
+
+def _record_task(counters: Counter[str], runner: Runner, started_ns: int) -> None:
+    res = runner.resources
+    if res.task_attempt_id is None:
+        return
+    counters[
+        f"{PLACEMENT_PREFIX}task|{res.task_attempt_id}|{os.getpid()}|{','.join(res.gpu_addresses)}|"
+        f"{runner.device}|{started_ns}|{time.time_ns()}"
+    ] = 1
 
 
 def score_stream(
@@ -61,8 +82,14 @@ def score_stream(
     """Score each batch of inputs; yields (outputs, errors) per batch, in input order."""
     runner: Runner | None = None
     offset = 0
-    for inputs in batches:
-        if runner is None:  # load lazily: an empty partition never loads a model
-            runner = open_runner(spec, runtime, counters=counters)
-        yield runner.run(inputs, row_offset=offset)
-        offset += len(inputs)
+    started = time.time_ns()
+    counters = counters if counters is not None else Counter()
+    try:
+        for inputs in batches:
+            if runner is None:  # load lazily: an empty partition never loads a model
+                runner = open_runner(spec, runtime, counters=counters)
+            yield runner.run(inputs, row_offset=offset)
+            offset += len(inputs)
+    finally:
+        if runner is not None:
+            _record_task(counters, runner, started)

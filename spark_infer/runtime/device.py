@@ -21,6 +21,7 @@ class TaskResources:
 
     gpu_addresses: tuple[str, ...] = ()
     cpus: int | None = None
+    task_attempt_id: int | None = None
 
 
 def task_resources() -> TaskResources:
@@ -40,7 +41,7 @@ def task_resources() -> TaskResources:
         cpus = int(ctx.cpus())
     except Exception:  # noqa: BLE001 - older/odd contexts
         cpus = None
-    return TaskResources(gpu_addresses=gpus, cpus=cpus)
+    return TaskResources(gpu_addresses=gpus, cpus=cpus, task_attempt_id=int(ctx.taskAttemptId()))
 
 
 def cuda_available() -> bool:

@@ -118,6 +118,10 @@ class ModelSpec:
     def output_type(self):
         return get_task(self.task).output_type_for(self.options)
 
+    def input_columns(self) -> list[str] | None:
+        """Columns read per row as a dict (templates, feature columns), or None for one text column."""
+        return get_task(self.task).input_columns(self.options)
+
     def cache_key(self, device: str) -> tuple[str, str, str, str, str]:
         return (self.task, self.reference, self.fingerprint, self.options_json, device)
 

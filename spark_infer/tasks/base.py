@@ -72,6 +72,11 @@ class Task(ABC):
     def output_type_for(cls, options: TaskOptions) -> pa.DataType:
         """The Arrow type of one output value, known before any model is loaded."""
 
+    @classmethod
+    def input_columns(cls, options: TaskOptions) -> list[str] | None:
+        """Columns the task reads as one dict per row, or None for one caller-chosen (text) column."""
+        return None
+
     @property
     def output_type(self) -> pa.DataType:
         return self.output_type_for(self.options)
