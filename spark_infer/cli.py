@@ -6,6 +6,10 @@ Exit codes:
   2  bad configuration: nothing was written
   3  partial failure: some units failed; committed units are kept, a rerun scores the rest
   4  a concurrent run wrote the same output units; committed units are kept, rerun to finish
+  5  stopped by SIGTERM/SIGINT (preemption, scheduler timeout): committed units kept, rerun continues
+
+Every run that got past parsing its configuration leaves a JSON record (path printed in the last
+line) and, once Spark is up, a row in the Delta runs table next to the output.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
+from spark_infer.report import emit, redact_text
 from spark_infer.runtime.spec import ConfigError
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_PARTIAL, EXIT_CONCURRENT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_PARTIAL, EXIT_CONCURRENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5
 
 
 def _kv_pairs(values: list[str] | None, flag: str) -> dict[str, Any]:
@@ -60,7 +67,10 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option (repeatable)")
     p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark conf (repeatable)")
     p.add_argument("--delta-jars", dest="delta_jars", help="comma-separated local Delta jars (no download)")
-    p.add_argument("--summary-json", dest="summary_json", help="write the run summary here")
+    p.add_argument("--summary-json", dest="summary_json", help="write the run record JSON here")
+    p.add_argument("--runs-table", dest="runs_table", help="Delta table for run records (default: OUTPUT_runs)")
+    p.add_argument("--progress-interval", dest="progress_interval_s", type=float,
+                   help="seconds between progress lines (0 = only at unit commits)")
     p.add_argument("--change-data-feed", dest="change_data_feed", action="store_true", default=None)
     p.add_argument("--dry-run", dest="dry_run", action="store_true", default=None,
                    help="print the plan and exit without scoring")
@@ -95,11 +105,22 @@ def print_plan(job) -> None:
 def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
     """Parse, validate, plan, score and commit. Returns the exit code."""
     from spark_infer.config import build_config
-    from spark_infer.report import emit
 
     ns = score_parser().parse_args(argv)
     t_start = time.monotonic()
     job = None
+    previous = {}
+
+    def _on_signal(signum, frame):  # noqa: ARG001
+        emit("signal", name=signal.Signals(signum).name, action="stop_after_inflight_units_abandoned")
+        if job is not None:
+            job.request_stop()
+        else:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _on_signal)
     try:
         cfg = build_config(ns.config, _overrides(ns))
         from spark_infer.job import ConcurrentRunError, DeltaMissing, ScoringJob
@@ -124,12 +145,24 @@ def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
             job.summary.status, job.summary.exit_code = "dry_run", EXIT_OK
             return EXIT_OK
         print_plan(job)
-        job.score_and_commit()
+        if not job.stop_requested.is_set():
+            job.score_and_commit()
         s = job.summary
-        code = EXIT_OK if not s.units_failed else EXIT_PARTIAL
-        s.status = "succeeded" if code == EXIT_OK else "partial"
+        if job.stop_requested.is_set():
+            code, s.status = EXIT_INTERRUPTED, "interrupted"
+            s.error = "stopped by signal; committed units are kept, rerun to continue"
+        elif s.units_failed:
+            code, s.status = EXIT_PARTIAL, "partial"
+            s.error = "; ".join(f"{k}: {v}" for k, v in list(s.units_failed.items())[:5])
+        else:
+            code, s.status = EXIT_OK, "succeeded"
         s.exit_code = code
         return code
+    except KeyboardInterrupt:
+        print("error: interrupted before the job started", file=sys.stderr, flush=True)
+        if job:
+            job.summary.status, job.summary.exit_code = "interrupted", EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         if job:
@@ -139,7 +172,9 @@ def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
         from spark_infer.job import ConcurrentRunError
 
         code = EXIT_CONCURRENT if isinstance(exc, ConcurrentRunError) else EXIT_ERROR
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        if job is not None and job.stop_requested.is_set():
+            code = EXIT_INTERRUPTED
+        print(redact_text(f"error: {type(exc).__name__}: {exc}"), file=sys.stderr, flush=True)
         if job:
             job.summary.status, job.summary.exit_code, job.summary.error = "failed", code, str(exc)[:4000]
         if code == EXIT_ERROR:
@@ -148,25 +183,47 @@ def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
             traceback.print_exc()
         return code
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if job is not None and job.summary.exit_code is not None:
             job.summary.durations_s["total"] = round(time.monotonic() - t_start, 3)
             _finish(job)
 
 
 def _finish(job) -> None:
-    from spark_infer.report import emit
+    """Write the run record (JSON file, and a row in the runs table) and the closing line."""
+    import datetime as dt
+    import tempfile
+
+    from spark_infer.report import append_run_record, emit
 
     s = job.summary
-    if job.cfg.summary_json:
-        os.makedirs(os.path.dirname(os.path.abspath(job.cfg.summary_json)), exist_ok=True)
-        with open(job.cfg.summary_json, "w") as f:
+    s.ended_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    path = job.cfg.summary_json or os.path.join(
+        tempfile.gettempdir(), "spark-infer-runs", f"{job.cfg.job_name}-{s.run_id}.json"
+    )
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
             f.write(s.to_json())
+    except OSError as exc:
+        emit("warning", what="run_record_json_not_written", path=path, error=str(exc))
+        path = ""
+    runs_table = ""
+    if job.cfg.record_runs and s.status not in ("config_error", "dry_run") and job._spark is not None:
+        runs_table = job.cfg.runs_table_ref
+        try:
+            append_run_record(job._spark, runs_table, s)
+        except Exception as exc:  # noqa: BLE001 - the JVM may be gone (SIGTERM to the whole group)
+            emit("warning", what="run_record_table_not_written", table=runs_table,
+                 error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+            runs_table = ""
     rows_s = s.rows_scored / s.durations_s["score_commit"] if s.durations_s.get("score_commit") else 0.0
     emit("run_end", run_id=s.run_id, status=s.status, exit_code=s.exit_code,
          units_committed=len(s.units_committed), units_failed=len(s.units_failed),
-         units_skipped=s.plan.get("units_done", 0), rows_scored=s.rows_scored, rows_per_s=rows_s,
-         output=s.output, output_version=s.output_version_after,
-         summary_json=job.cfg.summary_json or "")
+         units_abandoned=len(s.units_abandoned), units_skipped=s.plan.get("units_done", 0),
+         rows_scored=s.rows_scored, rows_per_s=rows_s, output=s.output,
+         output_version=s.output_version_after, summary_json=path, runs_table=runs_table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,7 +66,16 @@ class JobConfig(BaseModel):
     master: str | None = None
     spark_conf: dict[str, str] = Field(default_factory=dict)
     delta_jars: str | None = Field(default=None, description="comma-separated local Delta jars (air-gapped)")
-    summary_json: str | None = None
+    summary_json: str | None = Field(default=None, description="run record JSON (default: a temp-dir file)")
+    runs_table: str | None = Field(
+        default=None, description="Delta table of run records (default: the output's path/name + '_runs')"
+    )
+    record_runs: bool = True
+    progress_interval_s: float = Field(default=30.0, ge=0, description="heartbeat progress lines; 0 = off")
+
+    @property
+    def runs_table_ref(self) -> str:
+        return self.runs_table or self.output.rstrip("/") + "_runs"
 
     @field_validator("task")
     @classmethod

@@ -7,7 +7,10 @@ import json
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import (
+    ThreadPoolExecutor,
+    TimeoutError,  # noqa: A004 - same as builtin since 3.11
+)
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -60,9 +63,23 @@ class ScoringJob:
         self.summary.config_hash = hashlib.sha256(
             json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
         ).hexdigest()[:16]
+        import datetime as dt
+
+        self.summary.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self._spark = spark
         self.spec: ModelSpec | None = None
         self.plan: plan.Plan | None = None
+        self.stop_requested = threading.Event()
+
+    def request_stop(self) -> None:
+        """SIGTERM/preemption: start no new unit and abandon in-flight ones (nothing half-written:
+        an uncommitted Delta write leaves no trace)."""
+        self.stop_requested.set()
+        if self._spark is not None:
+            try:
+                self._spark.sparkContext.cancelAllJobs()
+            except Exception:  # noqa: BLE001 - the JVM may already be going down
+                pass
 
     # -- stages ---------------------------------------------------------------------------------
     def validate_model(self) -> ModelSpec:
@@ -172,7 +189,6 @@ class ScoringJob:
             self.summary.output_version_before = base_version
         parallelism = cfg.score_partitions or spark.sparkContext.defaultParallelism
         profile = scoring_profile(spark, cfg.gpus_per_task, cfg.cpus_per_task)
-        progress = Progress(len(p.pending), p.pending_rows)
         acc = new_metrics_accumulator(spark)
         lock = threading.Lock()
         conflict: list[BaseException] = []
@@ -182,8 +198,8 @@ class ScoringJob:
             where = plan.unit_filter(self.unit_cols, unit)
             t0 = time.monotonic()
             try:
-                if conflict:
-                    return  # another unit hit a concurrent writer: stop starting new work
+                if conflict or self.stop_requested.is_set():
+                    return  # a concurrent writer or a stop request: start no new work
                 src = self.input_df.where(where)
                 if parallelism > 1 and unit.rows > 1:
                     src = src.repartition(min(parallelism, unit.rows))
@@ -206,6 +222,11 @@ class ScoringJob:
                 if _is_concurrency_error(exc):
                     conflict.append(exc)
                     return
+                if self.stop_requested.is_set():
+                    with lock:
+                        self.summary.units_abandoned.append(label)
+                    emit("unit_abandoned", unit=label, reason="stop_requested")
+                    return
                 msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 with lock:
                     self.summary.units_failed[label] = msg[:2000]
@@ -219,8 +240,19 @@ class ScoringJob:
         t_all = time.monotonic()
         # A few units in flight at once hide Spark's per-job latency (planning, commit) behind
         # another unit's scoring; each unit is still its own atomic commit.
-        with ThreadPoolExecutor(max_workers=max(1, cfg.concurrent_units), thread_name_prefix="unit") as pool:
-            list(pool.map(lambda ur: score_unit(*ur), p.pending))
+        with (
+            Progress(len(p.pending), p.pending_rows, interval_s=cfg.progress_interval_s,
+                     rows_now=lambda: (acc.value or {}).get("rows", 0) if acc is not None else 0) as progress,
+            ThreadPoolExecutor(max_workers=max(1, cfg.concurrent_units), thread_name_prefix="unit") as pool,
+        ):
+            futures = [pool.submit(score_unit, u, r) for u, r in p.pending]
+            for f in futures:
+                # a bounded wait keeps the main thread responsive to SIGTERM
+                while not f.done():
+                    try:
+                        f.result(timeout=0.5)
+                    except TimeoutError:
+                        continue
         if conflict:
             raise ConcurrentRunError(
                 f"another run wrote to {cfg.output} concurrently; committed units are kept, rerun to finish"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,8 +28,17 @@ def kv(**fields: Any) -> str:
     return " ".join(parts)
 
 
+_URI_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_text(text: str) -> str:
+    """Remove credentials embedded in URIs (scheme://user:secret@host)."""
+    return _URI_USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+
+
 def emit(event: str, **fields: Any) -> None:
-    print(kv(event=event, **fields), file=sys.stderr, flush=True)
+    """One structured log line on stderr: event=... key=value ..."""
+    print(redact_text(kv(event=event, **fields)), file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -49,36 +61,147 @@ class RunSummary:
     plan: dict[str, int] = field(default_factory=dict)
     units_committed: list[str] = field(default_factory=list)
     units_failed: dict[str, str] = field(default_factory=dict)
+    units_abandoned: list[str] = field(default_factory=list)
     rows_scored: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     #: "load|pid|device" and "task|attempt|pid|gpu addresses|device|start_ns|end_ns" records
     placement: list[str] = field(default_factory=list)
     durations_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    started_at: str = ""
+    ended_at: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, default=str)
+        return redact_text(json.dumps(asdict(self), indent=2, default=str))
+
+    def record(self) -> dict[str, Any]:
+        """The flat row appended to the runs table."""
+        p = self.plan
+        c = self.counters
+        return {
+            "run_id": self.run_id, "job_name": self.job_name, "status": self.status,
+            "exit_code": self.exit_code, "input": redact_text(self.input), "output": redact_text(self.output),
+            "task": self.task, "model": redact_text(self.model), "model_fingerprint": self.model_fingerprint,
+            "config_hash": self.config_hash, "input_version": self.input_version,
+            "output_version_before": self.output_version_before, "output_version_after": self.output_version_after,
+            "units_planned": p.get("units_pending", 0), "units_scored": len(self.units_committed),
+            "units_skipped": p.get("units_done", 0) + p.get("units_kept_old_model", 0),
+            "units_failed": len(self.units_failed), "rows": self.rows_scored,
+            "error_rows": c.get("error_rows", 0), "tokens": c.get("tokens", 0),
+            "durations_json": json.dumps(self.durations_s, sort_keys=True),
+            "error": redact_text(self.error) if self.error else None,
+            "started_at": self.started_at, "ended_at": self.ended_at,
+        }
+
+
+RUNS_SCHEMA = (
+    "run_id string, job_name string, status string, exit_code int, input string, output string, task string, "
+    "model string, model_fingerprint string, config_hash string, input_version long, "
+    "output_version_before long, output_version_after long, units_planned int, units_scored int, "
+    "units_skipped int, units_failed int, rows long, error_rows long, tokens long, durations_json string, "
+    "error string, started_at string, ended_at string"
+)
+
+
+def append_run_record(spark, runs_table: str, summary: RunSummary) -> None:
+    """Append the run's row to the Delta runs table (created on first use)."""
+    from spark_infer.tables import TableRef
+
+    ref = TableRef(runs_table)
+    df = spark.createDataFrame([summary.record()], RUNS_SCHEMA)
+    w = df.write.format("delta").mode("append").option("delta.enableDeletionVectors", "false")
+    if ref.is_path:
+        w.save(ref.location)
+    else:
+        w.saveAsTable(ref.ref)
 
 
 class Progress:
-    """Units done/total, rows, rows/s and ETA, one plain line per unit commit."""
+    """Units done/total, rows, rows/s over the last minute and ETA.
 
-    def __init__(self, units_total: int, rows_total: int) -> None:
+    A line per unit commit, and a heartbeat line every `interval_s` from a daemon thread (rows come
+    from `rows_now()`, e.g. the worker accumulator, so long units still show movement). On an
+    interactive terminal a tqdm bar is drawn as well.
+    """
+
+    def __init__(self, units_total: int, rows_total: int, interval_s: float = 30.0, rows_now=None,
+                 bar: bool | None = None) -> None:
         self.units_total = units_total
         self.rows_total = rows_total
         self.units_done = 0
         self.rows_done = 0
         self.start = time.monotonic()
+        self.interval_s = interval_s
+        self._rows_now = rows_now
+        self._history: deque[tuple[float, int]] = deque([(self.start, 0)])
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._bar = None
+        if bar is None:
+            bar = sys.stderr.isatty()
+        if bar and rows_total:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=rows_total, unit="row", desc="scoring", file=sys.stderr, leave=True)
+            except ImportError:  # pragma: no cover - tqdm comes with transformers
+                self._bar = None
+
+    def __enter__(self) -> Progress:
+        if self.interval_s > 0:
+            self._thread = threading.Thread(target=self._beat, name="progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._bar is not None:
+            self._bar.close()
+
+    def _rows(self) -> int:
+        rows = self.rows_done
+        if self._rows_now is not None:
+            try:
+                rows = max(rows, min(int(self._rows_now()), self.rows_total))
+            except Exception:  # noqa: BLE001 - progress must never break a run
+                pass
+        return rows
+
+    def _rates(self, rows: int) -> tuple[float, float]:
+        now = time.monotonic()
+        self._history.append((now, rows))
+        while len(self._history) > 2 and now - self._history[0][0] > 60:
+            self._history.popleft()
+        t0, r0 = self._history[0]
+        rate = (rows - r0) / (now - t0) if now > t0 else 0.0
+        eta = (self.rows_total - rows) / rate if rate > 0 else -1.0
+        return rate, eta
+
+    def _fields(self, rows: int) -> dict[str, Any]:
+        rate, eta = self._rates(rows)
+        return {
+            "units": f"{self.units_done}/{self.units_total}", "rows_done": f"{rows}/{self.rows_total}",
+            "rows_per_s_1m": rate, "eta_s": eta,
+            "pct": 100.0 * rows / self.rows_total if self.rows_total else 100.0,
+        }
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with self._lock:
+                rows = self._rows()
+                emit("progress", **self._fields(rows))
+                self._update_bar(rows)
+
+    def _update_bar(self, rows: int) -> None:
+        if self._bar is not None and rows > self._bar.n:
+            self._bar.update(rows - self._bar.n)
 
     def unit_done(self, label: str, rows: int, seconds: float, status: str = "committed") -> None:
-        self.units_done += 1
-        self.rows_done += rows
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.rows_done / elapsed
-        eta = (self.rows_total - self.rows_done) / rate if rate > 0 else 0.0
-        emit(
-            "unit_" + status, unit=label, units=f"{self.units_done}/{self.units_total}",
-            rows=rows, unit_s=seconds, rows_done=f"{self.rows_done}/{self.rows_total}",
-            rows_per_s=rate, eta_s=eta,
-            pct=100.0 * self.units_done / self.units_total if self.units_total else 100.0,
-        )
+        with self._lock:
+            self.units_done += 1
+            self.rows_done += rows
+            emit("unit_" + status, unit=label, rows=rows, unit_s=seconds, **self._fields(self.rows_done))
+            self._update_bar(self.rows_done)

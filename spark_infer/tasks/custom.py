@@ -1,0 +1,363 @@
+"""`custom`: score rows with your own Python predictor (tabular models, rules, anything).
+
+Options:
+
+* `predictor: "package.module:factory"` (required): imported on the driver when the options are
+  validated (a typo is a config error, exit code 2) and in each Python worker;
+* `columns: [col, ...]` (required): input columns; each micro-batch reaches the predictor as a
+  pandas DataFrame with exactly these columns, in this order (null values as None/NaN);
+* `predictor_options: {...}`: keyword arguments for the factory;
+* `output_type`: the output's type as a Spark DDL string; default: the factory's own `output_type`
+  attribute (a class attribute when the factory is a class, or `factory.output_type = ...`).
+
+The factory is called once per worker and device (the model cache keeps the object) as
+`factory(device="cpu" | "cuda:N", **predictor_options)`, plus `model_dir=<the job's --model folder>`
+when it has a `model_dir` parameter (or `**kwargs`). It returns an object with
+`predict(df: pandas.DataFrame)` giving one output per row: a pyarrow Array, a pandas Series, a numpy
+array, a list, or (for struct outputs) a pandas DataFrame with one column per struct field. If the
+object has an `output_type` attribute it must equal the declared one.
+
+Output types may be given as a pyarrow DataType, a pyspark DataType or a Spark DDL string
+("double", "array<float>", "struct<churn_probability:double,label:string>", or the top-level
+"churn_probability double, label string" form). DDL is parsed here in pure Python (no JVM: workers
+need the type too) and mapped to Arrow the way Spark does.
+
+The job's model fingerprint covers the `--model` folder's files and these options, not the
+predictor's code: after changing the code, change something fingerprinted (for example a `version`
+in predictor_options or in the folder's predictor.json) so the job rescores.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from spark_infer.tasks.base import Encoding, Task, TaskOptions, register
+
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+class CustomOptions(TaskOptions):
+    predictor: str = Field(description="'package.module:factory' returning the predictor object")
+    columns: list[str] = Field(min_length=1, description="input columns handed to predict() as a DataFrame")
+    predictor_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+    output_type: str | None = Field(
+        default=None, description="Spark DDL of the output; default: the factory's output_type attribute"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CustomOptions:
+        if not _FACTORY_RE.match(self.predictor):
+            raise ValueError(f"predictor={self.predictor!r}: expected 'package.module:factory'")
+        dup = sorted({c for c in self.columns if self.columns.count(c) > 1})
+        if dup:
+            raise ValueError(f"columns has duplicates {dup}")
+        factory = load_factory(self.predictor)
+        resolve_output_type(self, factory)
+        return self
+
+
+def load_factory(path: str):
+    """Import 'package.module:attr[.attr]'; ValueError naming what failed."""
+    module_name, _, attr = path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is a configuration problem
+        raise ValueError(
+            f"predictor={path!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
+            "it must be importable on the driver and on every worker (PYTHONPATH, --py-files)"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"predictor={path!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"predictor={path!r}: {attr!r} is not callable")
+    return obj
+
+
+def resolve_output_type(options: CustomOptions, factory=None) -> pa.DataType:
+    if options.output_type is not None:
+        try:
+            return to_arrow(options.output_type)
+        except ValueError as exc:
+            raise ValueError(f"output_type={options.output_type!r}: {exc}") from None
+    factory = factory if factory is not None else load_factory(options.predictor)
+    declared = getattr(factory, "output_type", None)
+    if declared is None or isinstance(declared, property):
+        raise ValueError(
+            f"predictor={options.predictor!r}: declare the output type, either as the option output_type "
+            "(Spark DDL) or as an `output_type` attribute of the factory"
+        )
+    try:
+        return to_arrow(declared)
+    except ValueError as exc:
+        raise ValueError(f"predictor={options.predictor!r}: output_type {declared!r}: {exc}") from None
+
+
+@dataclass
+class RowsEncoding(Encoding):
+    """Rows as dicts of column values; every row weighs 1 (no token lengths to sort by)."""
+
+    def length(self, j: int) -> int:
+        return 1
+
+
+@register
+class CustomTask(Task):
+    """A user predictor object built by a factory once per worker and device."""
+
+    name = "custom"
+    Options = CustomOptions
+
+    def __init__(self, model_dir: str, options: CustomOptions, device: str) -> None:
+        super().__init__(model_dir, options, device)
+        factory = load_factory(options.predictor)
+        kwargs = dict(options.predictor_options, device=device)
+        if _accepts(factory, "model_dir"):
+            kwargs["model_dir"] = model_dir
+        self.predictor = factory(**kwargs)
+        if not callable(getattr(self.predictor, "predict", None)):
+            raise TypeError(f"predictor {options.predictor!r} returned {type(self.predictor).__name__} "
+                            "without a predict(df) method")
+        self.columns = list(options.columns)
+        self._out_type = resolve_output_type(options, factory)
+        own = getattr(self.predictor, "output_type", None)
+        if own is not None and to_arrow(own) != self._out_type:
+            raise ValueError(f"predictor {options.predictor!r}: its output_type {to_arrow(own)} differs from the "
+                             f"declared {self._out_type}")
+
+    @classmethod
+    def output_type_for(cls, options: TaskOptions) -> pa.DataType:
+        return resolve_output_type(options)
+
+    @property
+    def output_type(self) -> pa.DataType:
+        return self._out_type
+
+    @classmethod
+    def input_columns(cls, options: TaskOptions) -> list[str] | None:
+        return list(options.columns)
+
+    def encode(self, values: Sequence[Any]) -> RowsEncoding:
+        rows = []
+        for v in values:
+            if isinstance(v, dict):
+                rows.append(v)
+            elif len(self.columns) == 1:
+                rows.append({self.columns[0]: v})
+            else:
+                raise TypeError(f"expected a row of columns {self.columns}, got {type(v).__name__}")
+        return RowsEncoding(ids=[], extra={"rows": rows})
+
+    def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array:
+        import pandas as pd
+
+        rows = encoding.extra["rows"]
+        df = pd.DataFrame.from_records([rows[i] for i in idx], columns=self.columns)
+        return to_arrow_array(self.predictor.predict(df), self._out_type)
+
+    def close(self) -> None:
+        close = getattr(self.predictor, "close", None)
+        if callable(close):
+            close()
+        self.predictor = None
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def to_arrow_array(result: Any, out_type: pa.DataType) -> pa.Array:
+    """A predictor's outputs for one micro-batch as an Arrow array of `out_type`."""
+    import pandas as pd
+
+    if isinstance(result, pa.ChunkedArray):
+        result = result.combine_chunks()
+    if isinstance(result, pa.Array):
+        return result if result.type == out_type else result.cast(out_type)
+    if isinstance(result, pd.DataFrame):
+        if not pa.types.is_struct(out_type):
+            if result.shape[1] != 1:
+                raise TypeError(f"predict returned a DataFrame with {result.shape[1]} columns for {out_type}")
+            return pa.Array.from_pandas(result.iloc[:, 0], type=out_type)
+        missing = [f.name for f in out_type if f.name not in result.columns]
+        if missing:
+            raise TypeError(f"predict returned a DataFrame without the output fields {missing}")
+        arrays = [pa.Array.from_pandas(result[f.name], type=f.type) for f in out_type]
+        return pa.StructArray.from_arrays(arrays, fields=list(out_type))
+    if isinstance(result, pd.Series):
+        if pa.types.is_struct(out_type) or pa.types.is_list(out_type) or pa.types.is_map(out_type):
+            return pa.array(result.tolist(), type=out_type)
+        return pa.Array.from_pandas(result, type=out_type)
+    if isinstance(result, np.ndarray) and result.ndim == 1 and result.dtype != object:
+        return pa.array(result, type=out_type)
+    return pa.array(list(result), type=out_type, from_pandas=True)
+
+
+# -- Spark DDL -> Arrow -------------------------------------------------------------------------------
+def to_arrow(t: Any) -> pa.DataType:
+    """A pyarrow DataType, a pyspark DataType or a Spark DDL string as an Arrow type (Spark's mapping)."""
+    if isinstance(t, pa.DataType):
+        return t
+    from pyspark.sql.pandas.types import to_arrow_type
+    from pyspark.sql.types import DataType
+
+    if isinstance(t, str):
+        t = parse_ddl(t)
+    if not isinstance(t, DataType):
+        raise ValueError(f"expected a pyarrow type, a pyspark type or a DDL string, got {type(t).__name__}")
+    try:
+        return to_arrow_type(t, timezone="UTC")
+    except Exception as exc:  # noqa: BLE001 - unsupported Spark types
+        raise ValueError(f"{t.simpleString()} has no Arrow equivalent ({exc})") from None
+
+
+_TOKEN_RE = re.compile(r"\s*(?:(`(?:[^`]|``)*`)|([A-Za-z_][\w]*)|(\d+)|([<>(),:]))")
+
+
+def parse_ddl(text: str):
+    """Parse a Spark DDL type ("struct<a:int,b:array<string>>", "a int, b string", "double") in pure Python."""
+    tokens: list[tuple[str, str]] = []
+    pos, text_s = 0, text.strip()
+    while pos < len(text_s):
+        m = _TOKEN_RE.match(text_s, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"cannot parse DDL {text!r} at {text_s[pos:]!r}")
+        quoted, ident, num, punct = m.groups()
+        if quoted is not None:
+            tokens.append(("name", quoted[1:-1].replace("``", "`")))
+        elif ident is not None:
+            tokens.append(("ident", ident))
+        elif num is not None:
+            tokens.append(("num", num))
+        else:
+            tokens.append(("p", punct))
+        pos = m.end()
+    parser = _DDLParser(tokens, text)
+    result = parser.top()
+    return result
+
+
+class _DDLParser:
+    def __init__(self, tokens: list[tuple[str, str]], text: str) -> None:
+        self.t, self.i, self.text = tokens, 0, text
+
+    def _peek(self, k: int = 0):
+        j = self.i + k
+        return self.t[j] if j < len(self.t) else (None, None)
+
+    def _take(self, value: str | None = None) -> str:
+        kind, v = self._peek()
+        if kind is None or (value is not None and v != value):
+            raise ValueError(f"cannot parse DDL {self.text!r}: expected {value or 'more'}, got {v!r}")
+        self.i += 1
+        return v
+
+    def top(self):
+        from pyspark.sql.types import StructType
+
+        # "a int, b string" (a top-level struct without struct<>) or one type
+        looks_like_fields = self._peek()[0] in ("ident", "name") and (
+            self._peek(1)[1] == ":" or self._peek(1)[0] in ("ident", "name")
+        )
+        if looks_like_fields:
+            fields = self._fields(end=None)
+            result = StructType(fields)
+        else:
+            result = self._type()
+        if self._peek()[0] is not None:
+            raise ValueError(f"cannot parse DDL {self.text!r}: unexpected {self._peek()[1]!r}")
+        return result
+
+    def _fields(self, end: str | None):
+        from pyspark.sql.types import StructField
+
+        fields = []
+        while True:
+            kind, name = self._peek()
+            if kind not in ("ident", "name"):
+                raise ValueError(f"cannot parse DDL {self.text!r}: expected a field name, got {name!r}")
+            self.i += 1
+            if self._peek()[1] == ":":
+                self.i += 1
+            dtype = self._type()
+            nullable = True
+            if self._peek()[1] and self._peek()[1].upper() == "NOT" and (self._peek(1)[1] or "").upper() == "NULL":
+                self.i += 2
+                nullable = False
+            fields.append(StructField(name, dtype, nullable))
+            if self._peek()[1] == ",":
+                self.i += 1
+                continue
+            if end is None or self._peek()[1] == end:
+                return fields
+            raise ValueError(f"cannot parse DDL {self.text!r}: unexpected {self._peek()[1]!r}")
+
+    def _type(self):
+        from pyspark.sql import types as T
+
+        kind, word = self._peek()
+        if kind != "ident":
+            raise ValueError(f"cannot parse DDL {self.text!r}: expected a type, got {word!r}")
+        self.i += 1
+        w = word.lower()
+        simple = {
+            "string": T.StringType, "boolean": T.BooleanType, "bool": T.BooleanType,
+            "tinyint": T.ByteType, "byte": T.ByteType, "smallint": T.ShortType, "short": T.ShortType,
+            "int": T.IntegerType, "integer": T.IntegerType, "bigint": T.LongType, "long": T.LongType,
+            "float": T.FloatType, "real": T.FloatType, "double": T.DoubleType, "binary": T.BinaryType,
+            "date": T.DateType, "timestamp": T.TimestampType, "timestamp_ltz": T.TimestampType,
+            "timestamp_ntz": T.TimestampNTZType,
+        }
+        if w in simple:
+            return simple[w]()
+        if w in ("char", "varchar"):
+            self._take("(")
+            self._take()
+            self._take(")")
+            return T.StringType()
+        if w in ("decimal", "dec", "numeric"):
+            if self._peek()[1] != "(":
+                return T.DecimalType(10, 0)
+            self._take("(")
+            precision = int(self._take())
+            scale = 0
+            if self._peek()[1] == ",":
+                self.i += 1
+                scale = int(self._take())
+            self._take(")")
+            return T.DecimalType(precision, scale)
+        if w == "array":
+            self._take("<")
+            elem = self._type()
+            self._take(">")
+            return T.ArrayType(elem)
+        if w == "map":
+            self._take("<")
+            key = self._type()
+            self._take(",")
+            value = self._type()
+            self._take(">")
+            return T.MapType(key, value)
+        if w == "struct":
+            self._take("<")
+            if self._peek()[1] == ">":
+                self.i += 1
+                return T.StructType([])
+            fields = self._fields(end=">")
+            self._take(">")
+            return T.StructType(fields)
+        raise ValueError(f"cannot parse DDL {self.text!r}: unknown type {word!r}")

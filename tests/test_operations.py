@@ -1,0 +1,127 @@
+"""Running it for real: progress lines, run records, SIGTERM, secrets never logged."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import pytest
+from jobutil import cli_cmd, delta_versions, kill_group, rows_for, run, start, summary, wait_for
+
+from spark_infer.cli import EXIT_INTERRUPTED, EXIT_OK, run_score
+
+SCHEMA = "id long, category string, text string"
+
+
+@pytest.fixture
+def tables(spark, tmp_path):
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    rows = []
+    for k, cat in enumerate(["books", "music", "garden", "toys"]):
+        rows += rows_for(cat, 100 * k, 12)
+    spark.createDataFrame(rows, SCHEMA).write.format("delta").partitionBy("category").save(inp)
+    return inp, out, rows
+
+
+def _runs(spark, out):
+    return spark.read.format("delta").load(out + "_runs").orderBy("started_at", "ended_at").collect()
+
+
+def test_progress_lines_and_run_records_for_run_and_rerun(spark, tmp_path, tables, tiny_bert, capsys):
+    inp, out, rows = tables
+    js = str(tmp_path / "run1.json")
+    code = run_score(["--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js,
+                      "--progress-interval", "0.2", "--concurrent-units", "1"])
+    err = capsys.readouterr().err
+    assert code == EXIT_OK
+    commits = [ln for ln in err.splitlines() if ln.startswith("event=unit_committed")]
+    assert len(commits) == 4
+    pcts = [float(re.search(r"pct=([\d.]+)", ln).group(1)) for ln in commits]
+    assert pcts == sorted(pcts) and pcts[-1] == 100.0
+    assert all("eta_s=" in ln and "rows_per_s_1m=" in ln and "units=" in ln for ln in commits)
+    assert "units=4/4" in commits[-1] and f"rows_done={len(rows)}/{len(rows)}" in commits[-1]
+    assert re.search(r"^event=run_end .*summary_json=" + re.escape(js), err, re.M)
+
+    s = summary(js)
+    assert s["status"] == "succeeded" and s["exit_code"] == 0
+    assert s["plan"]["units_pending"] == 4 and len(s["units_committed"]) == 4
+    assert s["rows_scored"] == len(rows) and s["counters"]["tokens"] > 0
+    assert s["model_fingerprint"] and s["config_hash"] and s["input_version"] == 0
+    assert {"session_start", "plan", "score_commit", "total"} <= set(s["durations_s"])
+
+    js2 = str(tmp_path / "run2.json")
+    assert run_score(["--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js2]) == EXIT_OK
+    s2 = summary(js2)
+    assert s2["units_committed"] == [] and s2["plan"]["units_done"] == 4 and s2["rows_scored"] == 0
+
+    recs = _runs(spark, out)
+    assert [r.run_id for r in recs] == [s["run_id"], s2["run_id"]]
+    first, second = recs
+    assert (first.status, first.exit_code, first.units_scored, first.units_skipped, first.rows) == (
+        "succeeded", 0, 4, 0, len(rows))
+    assert (second.units_scored, second.units_skipped, second.rows) == (0, 4, 0)
+    assert first.model_fingerprint == s["model_fingerprint"] and first.input_version == 0
+    assert json.loads(first.durations_json)["total"] > 0
+
+
+def test_sigterm_mid_run_exits_5_leaves_record_and_rerun_is_exact(spark, tmp_path, tables, tiny_bert):
+    inp, out, rows = tables
+    js = str(tmp_path / "term.json")
+    log = str(tmp_path / "term.log")
+    proc = start(cli_cmd("--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js,
+                         "--concurrent-units", "1"), log)
+    try:
+        assert wait_for(lambda: 1 in delta_versions(out), timeout=240), open(log).read()[-3000:]
+        os.kill(proc.pid, signal.SIGTERM)  # what a scheduler or a spot-preemption handler sends
+        code = proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+    text = open(log).read()
+    assert code == EXIT_INTERRUPTED, text[-3000:]
+    assert "event=signal name=SIGTERM" in text
+    s = summary(js)
+    assert s["status"] == "interrupted" and s["exit_code"] == EXIT_INTERRUPTED
+    assert 1 <= len(s["units_committed"]) < 4
+    recs = _runs(spark, out)
+    assert recs[-1].run_id == s["run_id"] and recs[-1].status == "interrupted"
+
+    js2 = str(tmp_path / "rerun.json")
+    r = run(cli_cmd("--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js2))
+    assert r.returncode == 0, r.stdout[-3000:]
+    s2 = summary(js2)
+    assert sorted(s2["units_committed"] + s["units_committed"]) == sorted(
+        f"category={c}" for c in ["books", "music", "garden", "toys"])
+    res = spark.read.format("delta").load(out)
+    assert res.count() == len(rows) == res.select("id").distinct().count()
+
+
+def test_secrets_never_appear_in_logs_or_records(spark, tmp_path, tables, tiny_bert):
+    inp, out, rows = tables
+    token = "hf_FAKE0123456789SECRETTOKEN"
+    s3_secret = "AKIAFAKESECRETVALUE42"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"input: {inp}\noutput: {out}\nmodel: {tiny_bert}\n"
+        f"spark_conf:\n  spark.hadoop.fs.s3a.secret.key: {s3_secret}\n  spark.hadoop.fs.azure.sas.token: {token}\n"
+    )
+    js = str(tmp_path / "s.json")
+    env_extra = {"HF_TOKEN": token, "AWS_SECRET_ACCESS_KEY": s3_secret}
+    old = {k: os.environ.get(k) for k in env_extra}
+    os.environ.update(env_extra)
+    try:
+        r = run(cli_cmd("--config", str(cfg), "--summary-json", js, "--progress-interval", "0.5"))
+        bad = run(cli_cmd("--config", str(cfg), "--text-col", "nope", "--summary-json", str(tmp_path / "b.json")))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert bad.returncode == 2
+    records = [open(js).read(), open(tmp_path / "b.json").read(),
+               json.dumps([x.asDict() for x in _runs(spark, out)], default=str)]
+    for text in [r.stdout, bad.stdout, *records]:
+        assert token not in text and s3_secret not in text
