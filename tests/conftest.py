@@ -16,13 +16,14 @@ from tiny_models import make_tiny_bert, make_tiny_classifier  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     from spark_infer.session import build_session
 
     s = build_session(
         "spark-infer-tests",
         master="local[2]",
-        conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"},
+        conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
+              "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("warehouse"))},
     )
     yield s
     s.stop()

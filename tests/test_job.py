@@ -223,3 +223,19 @@ def test_config_file_and_flags_override(spark, tmp_path, tables, tiny_bert):
     s = summary(js)
     assert s["output"] == out and s["job_name"] == "from-file"
     assert spark.read.format("delta").load(out).count() == len(rows)
+
+
+def test_catalog_table_names_for_input_and_output(spark, tmp_path, tiny_bert):
+    rows = rows_for("books", 0, 10) + rows_for("toys", 50, 8)
+    spark.createDataFrame(rows, SCHEMA).write.format("delta").partitionBy("category").saveAsTable("cat_in")
+    try:
+        code, s = job(tmp_path, "cat_in", "cat_out", "--model", tiny_bert)
+        assert code == EXIT_OK and len(s["units_committed"]) == 2
+        assert spark.table("cat_out").count() == len(rows)
+        assert spark.table("cat_out_runs").count() == 1
+        code, s = job(tmp_path, "cat_in", "cat_out", "--model", tiny_bert, name="s2.json")
+        assert code == EXIT_OK and s["units_committed"] == []
+        assert spark.table("cat_out").count() == len(rows)
+    finally:
+        for t in ("cat_in", "cat_out", "cat_out_runs"):
+            spark.sql(f"DROP TABLE IF EXISTS {t}")
