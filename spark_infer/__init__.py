@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["predict_udf", "predict_frame", "make_spec", "__version__"]
+__all__ = ["predict_udf", "predict_frame", "make_spec", "run_job", "__version__"]
 
 
 def __getattr__(name: str):
@@ -18,6 +18,10 @@ def __getattr__(name: str):
         from spark_infer import udf
 
         return getattr(udf, name)
+    if name == "run_job":
+        from spark_infer.job import run_job
+
+        return run_job
     if name == "make_spec":
         from spark_infer.runtime.spec import make_spec
 

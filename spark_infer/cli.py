@@ -103,10 +103,19 @@ def print_plan(job) -> None:
 
 
 def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
-    """Parse, validate, plan, score and commit. Returns the exit code."""
+    """Parse flags, validate, plan, score and commit. Returns the exit code."""
     from spark_infer.config import build_config
 
     ns = score_parser().parse_args(argv)
+    code, _ = execute(lambda: build_config(ns.config, _overrides(ns)), relaunch_args=argv)
+    return code
+
+
+def execute(make_config, spark=None, relaunch_args: list[str] | None = None):
+    """Run one job from a config factory; returns (exit code, RunSummary or None).
+
+    Every exit path goes through here: signals, config errors, failures, and the run record.
+    """
     t_start = time.monotonic()
     job = None
     previous = {}
@@ -122,10 +131,10 @@ def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _on_signal)
     try:
-        cfg = build_config(ns.config, _overrides(ns))
+        cfg = make_config()
         from spark_infer.job import ConcurrentRunError, DeltaMissing, ScoringJob
 
-        job = ScoringJob(cfg)
+        job = ScoringJob(cfg, spark)
         emit("run_start", run_id=job.run_id, job=cfg.job_name, task=cfg.task, input=cfg.input, output=cfg.output)
         job.validate_model()
         try:
@@ -133,9 +142,8 @@ def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
         except DeltaMissing:
             from spark_infer.launch import RELAUNCH_ENV, delta_flags, relaunch_with_delta, under_spark_submit
 
-            if under_spark_submit() and not os.environ.get(RELAUNCH_ENV):
-                return relaunch_with_delta(job.session_unchecked(), relaunch_args if relaunch_args is not None
-                                           else argv, cfg.delta_jars)
+            if relaunch_args is not None and under_spark_submit() and not os.environ.get(RELAUNCH_ENV):
+                return relaunch_with_delta(job.session_unchecked(), relaunch_args, cfg.delta_jars), None
             raise ConfigError(
                 "Delta Lake is not on this Spark session's classpath; start it with "
                 + " ".join(delta_flags(cfg.delta_jars))
@@ -143,7 +151,7 @@ def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
         if cfg.dry_run:
             print_plan(job)
             job.summary.status, job.summary.exit_code = "dry_run", EXIT_OK
-            return EXIT_OK
+            return EXIT_OK, (job.summary if job is not None else None)
         print_plan(job)
         if not job.stop_requested.is_set():
             job.score_and_commit()
@@ -157,17 +165,22 @@ def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
         else:
             code, s.status = EXIT_OK, "succeeded"
         s.exit_code = code
-        return code
+        return code, (job.summary if job is not None else None)
     except KeyboardInterrupt:
         print("error: interrupted before the job started", file=sys.stderr, flush=True)
         if job:
             job.summary.status, job.summary.exit_code = "interrupted", EXIT_INTERRUPTED
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, (job.summary if job is not None else None)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         if job:
             job.summary.status, job.summary.exit_code, job.summary.error = "config_error", EXIT_CONFIG, str(exc)
-        return EXIT_CONFIG
+        if job is None:
+            from spark_infer.report import RunSummary
+
+            return EXIT_CONFIG, RunSummary(run_id="", job_name="", status="config_error", exit_code=EXIT_CONFIG,
+                                           error=str(exc))
+        return EXIT_CONFIG, job.summary
     except Exception as exc:  # noqa: BLE001 - every failure still leaves its record
         from spark_infer.job import ConcurrentRunError
 
@@ -181,7 +194,7 @@ def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        return code
+        return code, (job.summary if job is not None else None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -262,3 +262,24 @@ class ScoringJob:
         self.summary.placement = sorted(k[len(PLACEMENT_PREFIX):] for k in counters if k.startswith(PLACEMENT_PREFIX))
         self.summary.durations_s["score_commit"] = round(time.monotonic() - t_all, 3)
         self.summary.output_version_after = out.version(spark)
+
+
+def run_job(config, spark: SparkSession | None = None, **overrides) -> RunSummary:
+    """Run the scoring job from Python (notebooks, orchestrators) and return its record.
+
+    `config`: a JobConfig, a dict of config fields, or a path to a YAML/TOML file; `overrides` win.
+    The active session (Databricks, a notebook) is used when `spark` is not given. Never raises for
+    job failures: look at `summary.status` / `summary.exit_code` (the CLI's exit codes).
+    """
+    from spark_infer.cli import EXIT_CONFIG, execute
+    from spark_infer.config import build_config
+
+    def make_config() -> JobConfig:
+        if isinstance(config, JobConfig):
+            return build_config(overrides={**config.model_dump(), **overrides})
+        if isinstance(config, str):
+            return build_config(config, overrides)
+        return build_config(overrides={**dict(config), **overrides})
+
+    code, summary = execute(make_config, spark=spark)
+    return summary or RunSummary(run_id="", job_name="", status="failed", exit_code=code or EXIT_CONFIG)

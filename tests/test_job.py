@@ -239,3 +239,16 @@ def test_catalog_table_names_for_input_and_output(spark, tmp_path, tiny_bert):
     finally:
         for t in ("cat_in", "cat_out", "cat_out_runs"):
             spark.sql(f"DROP TABLE IF EXISTS {t}")
+
+
+def test_run_job_python_api(spark, tmp_path, tables, tiny_bert):
+    from spark_infer import run_job
+
+    inp, out, rows = tables
+    s = run_job({"input": inp, "output": out, "model": tiny_bert}, spark=spark, batch_size=16)
+    assert s.status == "succeeded" and s.exit_code == 0 and len(s.units_committed) == 3
+    assert spark.read.format("delta").load(out).count() == len(rows)
+    bad = run_job({"input": inp, "output": out, "model": tiny_bert, "text_col": "nope"})
+    assert bad.status == "config_error" and bad.exit_code == 2 and "text_col" in bad.error
+    worse = run_job({"inptu": inp})
+    assert worse.exit_code == 2 and "did you mean 'input'" in worse.error

@@ -1,0 +1,143 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Embeddings into a Delta table (for a vector index)
+# MAGIC
+# MAGIC Runs the `spark-infer` scoring job (`task = embed`) from the widgets below: each input partition is
+# MAGIC embedded and committed to the output Delta table once; rerunning the notebook scores only new or
+# MAGIC changed partitions and commits nothing when everything is done. The notebook has no logic of its
+# MAGIC own: it is `spark-infer score` with its flags taken from the widgets.
+# MAGIC
+# MAGIC * **Cluster**: classic compute in *dedicated (single user)* access mode, with `spark_infer` installed
+# MAGIC   (cluster library,
+# MAGIC   or `%pip install /Volumes/<catalog>/<schema>/<volume>/spark_infer-0.1.0-py3-none-any.whl`).
+# MAGIC   The active `spark` session is reused (Delta is built in on Databricks).
+# MAGIC * **input**: a Delta table (catalog name such as `main.shop.products`, or a path). Empty = the demo
+# MAGIC   sample table (`spark-infer demo`), written once under `demo_dir`.
+# MAGIC * **output**: a Unity Catalog table name (`main.shop.product_embeddings`) to put a vector index on it.
+# MAGIC * **model**: a model folder (for example on a Volume) or a Hugging Face id; empty = the packaged
+# MAGIC   all-MiniLM-L6-v2 (384 dimensions).
+# MAGIC
+# MAGIC Outside Databricks the same file runs as plain Python (`python notebooks/embeddings_to_delta.py`):
+# MAGIC each widget then reads `$SPARK_INFER_<NAME>` (e.g. `SPARK_INFER_OUTPUT=/data/emb`) or its default.
+# MAGIC
+# MAGIC Exit codes of the job (`spark_infer.cli`): 0 ok, 2 bad configuration (nothing written), 3 some units
+# MAGIC failed (committed units kept, rerun scores the rest), 4 a concurrent run wrote the same units (rerun
+# MAGIC to finish), 5 stopped by a signal (rerun to continue). On Databricks any non-zero code fails the
+# MAGIC cell (and the job task running the notebook).
+
+# COMMAND ----------
+
+import os
+import sys
+from types import SimpleNamespace
+
+from spark_infer.cli import run_score
+from spark_infer.demo import write_sample_table
+from spark_infer.session import build_session
+from spark_infer.tables import TableRef
+
+# COMMAND ----------
+
+# Widgets: on Databricks dbutils.widgets; in plain Python each reads $SPARK_INFER_<NAME>, else its default.
+try:
+    dbutils  # noqa: B018 - defined by Databricks
+    ON_DATABRICKS = True
+except NameError:
+    ON_DATABRICKS = False
+    _defaults = {}
+
+    def _declare(name, default, *_args):
+        _defaults[name] = default
+
+    dbutils = SimpleNamespace(widgets=SimpleNamespace(
+        text=_declare, dropdown=_declare,
+        get=lambda name: os.environ.get(f"SPARK_INFER_{name.upper()}", _defaults[name]),
+    ))
+
+# COMMAND ----------
+
+dbutils.widgets.text("input", "", "input table (empty = demo table)")
+dbutils.widgets.text("output", "demo-output/notebook_embeddings", "output table")
+dbutils.widgets.text("model", "", "model (empty = packaged MiniLM)")
+dbutils.widgets.text("text_col", "text", "text column")
+dbutils.widgets.text("id_col", "id", "id column")
+dbutils.widgets.text("batch_size", "64", "rows per model call")
+dbutils.widgets.text("max_length", "", "max tokens (empty = model's)")
+dbutils.widgets.dropdown("normalize", "true", ["true", "false"], "L2-normalise")
+dbutils.widgets.dropdown("device", "auto", ["auto", "cpu", "cuda"], "device")
+dbutils.widgets.dropdown("change_data_feed", "true", ["true", "false"], "Change Data Feed on output")
+dbutils.widgets.text("demo_dir", "demo-output", "demo table folder")
+dbutils.widgets.text("demo_rows", "3000", "demo table rows")
+
+# COMMAND ----------
+
+spark = build_session("spark-infer-notebook")  # on Databricks: the active session
+
+input_table = dbutils.widgets.get("input")
+output_table = dbutils.widgets.get("output")
+if not input_table:
+    input_table = os.path.abspath(os.path.join(dbutils.widgets.get("demo_dir"), "products"))
+    if write_sample_table(spark, input_table, int(dbutils.widgets.get("demo_rows"))):
+        print(f"wrote the demo table {input_table}")
+
+# COMMAND ----------
+
+args = [
+    "--input", input_table,
+    "--output", output_table,
+    "--task", "embed",
+    "--text-col", dbutils.widgets.get("text_col"),
+    "--id-col", dbutils.widgets.get("id_col"),
+    "--batch-size", dbutils.widgets.get("batch_size"),
+    "--device", dbutils.widgets.get("device"),
+    "--option", f"normalize={dbutils.widgets.get('normalize')}",
+    "--job-name", "spark-infer-embeddings-notebook",
+]
+if dbutils.widgets.get("model"):
+    args += ["--model", dbutils.widgets.get("model")]
+if dbutils.widgets.get("max_length"):
+    args += ["--max-length", dbutils.widgets.get("max_length")]
+if dbutils.widgets.get("change_data_feed") == "true":
+    args.append("--change-data-feed")  # needed by a Vector Search delta-sync index
+
+code = run_score(args)
+if code != 0:
+    if not ON_DATABRICKS:
+        sys.exit(code)
+    raise RuntimeError(f"spark-infer score exited with code {code}; see the log above")
+
+# COMMAND ----------
+
+result = TableRef(output_table).read(spark)
+print(f"{output_table}: {result.count()} rows")
+result.select("id", "embedding", "error", "model", "scored_at").show(5, truncate=60)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## A Vector Search index on the output
+# MAGIC
+# MAGIC A Databricks Vector Search **delta-sync index** with self-managed embeddings keeps itself in step with
+# MAGIC this table. It reads the table's **Change Data Feed**, which is why `change_data_feed` defaults to
+# MAGIC `true` (the job sets `delta.enableChangeDataFeed = true` on the output). The output must be a Unity
+# MAGIC Catalog table; `id` is unique per row (primary key) and `embedding` is `array<float>`. A rescored
+# MAGIC partition is a delete + insert of its rows in the change feed, so the index follows reruns.
+# MAGIC
+# MAGIC ```python
+# MAGIC %pip install databricks-vectorsearch
+# MAGIC from databricks.vector_search.client import VectorSearchClient
+# MAGIC
+# MAGIC VectorSearchClient().create_delta_sync_index(
+# MAGIC     endpoint_name="my-vector-search-endpoint",
+# MAGIC     index_name="main.shop.product_embeddings_index",
+# MAGIC     source_table_name="main.shop.product_embeddings",   # this notebook's output
+# MAGIC     pipeline_type="TRIGGERED",                          # sync after each nightly run
+# MAGIC     primary_key="id",
+# MAGIC     embedding_dimension=384,                            # all-MiniLM-L6-v2
+# MAGIC     embedding_vector_column="embedding",
+# MAGIC )
+# MAGIC ```
+# MAGIC
+# MAGIC With `pipeline_type="TRIGGERED"`, call `index.sync()` after the job (for example as the next task of
+# MAGIC the Databricks job that runs this notebook). Query with the same model: embed the query text with
+# MAGIC `spark_infer.predict_udf("embed")` (or sentence-transformers) and pass it as `query_vector`.

@@ -1,0 +1,164 @@
+"""Databricks notebooks (source format) and the Airflow DAG example: they compile, use widgets, and the
+embeddings notebook runs as plain Python against the demo table (subprocess, tiny model)."""
+
+from __future__ import annotations
+
+import ast
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from jobutil import ROOT, env, kill_group
+
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.py")))
+HEADER = "# Databricks notebook source"
+SEPARATOR = re.compile(r"^# COMMAND -{10}$", re.M)
+DAG = os.path.join(ROOT, "jobs", "airflow_dag_example.py")
+
+
+def read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def cells(source: str) -> list[str]:
+    return [c.strip("\n") for c in SEPARATOR.split(source.removeprefix(HEADER + "\n"))]
+
+
+def shim_cell(source: str) -> str:
+    (cell,) = [c for c in cells(source) if "except NameError" in c]
+    return cell
+
+
+def test_the_three_notebooks_are_there():
+    names = {os.path.basename(p) for p in NOTEBOOKS}
+    assert {"embeddings_to_delta.py", "classification.py", "summarization.py"} <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_is_databricks_source_that_compiles_and_uses_widgets(path):
+    src = read(path)
+    assert src.startswith(HEADER + "\n")
+    compile(src, path, "exec")
+    parts = cells(src)
+    assert len(parts) >= 4 and all(parts)
+    assert parts[0].startswith("# MAGIC %md")  # a markdown cell first
+    assert re.search(r"dbutils\.widgets\.(text|dropdown)\(", src)
+    assert "dbutils.widgets.get(" in src
+    assert "run_score(" in src  # the library's job, no scoring logic of its own
+    declared = set(re.findall(r"dbutils\.widgets\.(?:text|dropdown)\(\"(\w+)\"", src))
+    read_names = set(re.findall(r"dbutils\.widgets\.get\([\"'](\w+)[\"']\)", src))
+    assert read_names <= declared, read_names - declared
+    assert declared <= read_names, declared - read_names
+
+
+def test_widget_shim_is_identical_across_notebooks():
+    shims = {os.path.basename(p): shim_cell(read(p)) for p in NOTEBOOKS}
+    assert len(set(shims.values())) == 1, shims.keys()
+
+
+def test_widget_shim_outside_databricks_reads_env_then_default(monkeypatch):
+    ns: dict = {"os": os}
+    exec("from types import SimpleNamespace\n" + shim_cell(read(NOTEBOOKS[0])), ns)
+    assert ns["ON_DATABRICKS"] is False
+    w = ns["dbutils"].widgets
+    w.text("output", "demo-output/x", "label")
+    w.dropdown("device", "auto", ["auto", "cpu", "cuda"], "label")
+    monkeypatch.delenv("SPARK_INFER_OUTPUT", raising=False)
+    monkeypatch.setenv("SPARK_INFER_DEVICE", "cpu")
+    assert w.get("output") == "demo-output/x"
+    assert w.get("device") == "cpu"
+
+
+def test_embeddings_notebook_enables_change_data_feed_for_vector_search():
+    src = read(os.path.join(ROOT, "notebooks", "embeddings_to_delta.py"))
+    assert 'dbutils.widgets.dropdown("change_data_feed", "true"' in src
+    assert "--change-data-feed" in src and "Vector Search" in src and "delta-sync" in src
+
+
+def test_summarization_notebook_uses_generate_with_prompt_options():
+    src = read(os.path.join(ROOT, "notebooks", "summarization.py"))
+    assert '"--task", "generate"' in src
+    assert "prompt_template=" in src and "max_new_tokens=" in src
+
+
+def run_notebook(path: str, extra_env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    e = {k: v for k, v in env().items() if not k.startswith("SPARK_INFER_") or k.startswith("SPARK_INFER_DELTA")}
+    e.update(extra_env)
+    p = subprocess.Popen([sys.executable, path], cwd=ROOT, env=e, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except BaseException:
+        kill_group(p)
+        raise
+    finally:
+        try:  # nothing the notebook started may outlive it (JVM, Python workers)
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(p.args, p.returncode, out, "")
+
+
+@pytest.mark.slow
+def test_embeddings_notebook_runs_as_plain_python_and_rerun_commits_nothing(tmp_path, tiny_bert):
+    from deltalake import DeltaTable
+
+    rows = 50
+    out = str(tmp_path / "embeddings")
+    nb_env = {
+        "SPARK_INFER_DEMO_DIR": str(tmp_path / "demo"),
+        "SPARK_INFER_DEMO_ROWS": str(rows),
+        "SPARK_INFER_OUTPUT": out,
+        "SPARK_INFER_MODEL": tiny_bert,
+        "SPARK_INFER_DEVICE": "cpu",
+    }
+    path = os.path.join(ROOT, "notebooks", "embeddings_to_delta.py")
+    r = run_notebook(path, nb_env)
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert "wrote the demo table" in r.stdout
+
+    inp = DeltaTable(str(tmp_path / "demo" / "products"))
+    assert inp.to_pyarrow_table().num_rows == rows
+    dt = DeltaTable(out)
+    res = dt.to_pyarrow_table(columns=["id", "embedding", "error", "task"])
+    assert res.num_rows == rows
+    assert len(set(res.column("id").to_pylist())) == rows
+    assert res.column("error").null_count == rows
+    assert set(res.column("task").to_pylist()) == {"embed"}
+    assert all(len(v) == 32 for v in res.column("embedding").to_pylist())  # tiny BERT hidden size
+    assert dt.metadata().configuration.get("delta.enableChangeDataFeed") == "true"
+    version = dt.version()
+
+    r2 = run_notebook(path, nb_env)
+    assert r2.returncode == 0, r2.stdout[-4000:]
+    assert "wrote the demo table" not in r2.stdout
+    assert "units_committed=0" in r2.stdout
+    assert DeltaTable(out).version() == version  # a finished job rerun commits nothing
+
+
+def test_notebook_exits_with_the_config_error_code(tmp_path):
+    """A bad widget value: the notebook exits with the job's code 2 and writes nothing."""
+    out = str(tmp_path / "out")
+    r = run_notebook(os.path.join(ROOT, "notebooks", "embeddings_to_delta.py"), {
+        "SPARK_INFER_INPUT": str(tmp_path / "in"), "SPARK_INFER_OUTPUT": out,
+        "SPARK_INFER_MODEL": str(tmp_path / "no-such-model"),
+    }, timeout=300)
+    assert r.returncode == 2, r.stdout[-4000:]
+    assert not os.path.exists(out)
+
+
+def test_airflow_dag_example_compiles_and_runs_score_py():
+    src = read(DAG)
+    tree = ast.parse(src, DAG)
+    compile(tree, DAG, "exec")
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "airflow.providers.apache.spark.operators.spark_submit" in imported
+    assert "jobs/score.py" in src and '"--config"' in src
+    assert re.search(r"\"retries\": [1-9]", src)
+    for code in ("0", "2", "3", "4"):
+        assert re.search(rf"^\s+{code}\s+\S", src, re.M), f"exit code {code} not documented"
