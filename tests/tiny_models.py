@@ -70,3 +70,71 @@ def make_tiny_classifier(path: str, labels=("negative", "positive"), seed: int =
     with open(os.path.join(path, "labels.json"), "w") as f:
         json.dump(list(labels), f)
     return path
+
+
+def _gen_tokenizer(path: str, specials: dict[str, int], eos: str, append_eos: bool, **special_kw) -> int:
+    """A word-level fast tokenizer over WORDS for the generation models; returns the vocab size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = dict(specials)
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    for ch in ".,:;!?-":
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=special_kw["unk_token"]))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    if append_eos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"$A {eos}", special_tokens=[(eos, vocab[eos])]
+        )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, model_max_length=64, **special_kw)
+    fast.save_pretrained(path)
+    return len(vocab)
+
+
+def make_tiny_t5(path: str, seed: int = 1) -> str:
+    """A tiny T5ForConditionalGeneration (seq2seq `generate`): word-level tokenizer that appends </s>.
+
+    A large init factor and this seed give varied greedy outputs, some of them ending in </s>.
+    """
+    import torch
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+
+    os.makedirs(path, exist_ok=True)
+    n = _gen_tokenizer(path, {"<pad>": 0, "</s>": 1, "<unk>": 2}, eos="</s>", append_eos=True,
+                       unk_token="<unk>", pad_token="<pad>")
+    cfg = T5Config(
+        vocab_size=n, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2,
+        relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0, tie_word_embeddings=False, initializer_factor=3.0,
+    )
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(cfg).eval()
+    model.generation_config = GenerationConfig(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def make_tiny_gpt2(path: str, seed: int = 1) -> str:
+    """A tiny GPT2LMHeadModel (decoder-only `generate`): eos token, no pad token (pad handling).
+
+    Untied output embeddings and this seed give varied greedy outputs, some of them ending in eos.
+    """
+    import torch
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    os.makedirs(path, exist_ok=True)
+    n = _gen_tokenizer(path, {"<|endoftext|>": 0, "<unk>": 1}, eos="<|endoftext|>", append_eos=False,
+                       unk_token="<unk>", bos_token="<|endoftext|>")
+    cfg = GPT2Config(
+        vocab_size=n, n_embd=32, n_layer=2, n_head=2, n_positions=128, n_inner=64, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(cfg).eval()
+    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=0)
+    model.save_pretrained(path, safe_serialization=True)
+    return path

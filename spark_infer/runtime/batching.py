@@ -120,9 +120,9 @@ class Runner:
         pieces: list[pa.Array] = []
         positions: list[np.ndarray] = []  # input rows, in the order their outputs appear in pieces
         if ok_rows:
-            lengths = [encoded.length(j) for j in range(len(ok_rows))]
+            lengths = [encoded.budget_length(j) for j in range(len(ok_rows))]
             ok_rows_arr = np.asarray(ok_rows)
-            self.counters["tokens"] += int(sum(lengths))
+            self.counters["tokens"] += int(sum(encoded.length(j) for j in range(len(ok_rows))))
             self.counters["truncated_rows"] += encoded.truncated
             for mb in plan_micro_batches(lengths, self.batch_size, self.token_budget):
                 self._run_micro_batch(encoded, mb, ok_rows_arr, lengths, pieces, positions, errors,

@@ -53,7 +53,12 @@ class Encoding:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def length(self, j: int) -> int:
+        """Real input tokens of row j (the `tokens` metric)."""
         return len(self.ids[j])
+
+    def budget_length(self, j: int) -> int:
+        """What row j costs against the token budget (generation adds its reserved new tokens)."""
+        return self.length(j)
 
 
 class Task(ABC):

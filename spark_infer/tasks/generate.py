@@ -108,12 +108,12 @@ def row_seed(seed: int, prompt: str) -> int:
 
 @dataclass
 class GenerateEncoding(Encoding):
-    """Prompt ids per row; `length` counts the tokens generation will hold (for the token budget)."""
+    """Prompt ids per row; `budget_length` counts the tokens generation will hold (the token budget)."""
 
     new_tokens: int = 0
     beams: int = 1
 
-    def length(self, j: int) -> int:
+    def budget_length(self, j: int) -> int:
         return (len(self.ids[j]) + self.new_tokens) * self.beams
 
 
