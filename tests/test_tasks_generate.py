@@ -159,7 +159,8 @@ def test_token_budget_counts_new_tokens_and_prompts_are_truncated(t5_dir):
     runner = open_runner(spec, RuntimeOptions(device="cpu", token_budget=2 * (4 + NEW)), cache=ModelCache())
     prompts = PROMPTS[:10]
     enc = runner.task.encode(prompts)
-    assert [enc.length(j) for j in range(len(prompts))] == [len(r) + NEW for r in enc.ids]
+    assert [enc.budget_length(j) for j in range(len(prompts))] == [len(r) + NEW for r in enc.ids]
+    assert [enc.length(j) for j in range(len(prompts))] == [len(r) for r in enc.ids]
     assert max(len(r) for r in enc.ids) == 4
     n_long = sum(len(p.split()) + 1 > 4 for p in prompts)  # words + </s>
     assert enc.truncated == n_long > 0
