@@ -85,6 +85,13 @@ class JobConfig(BaseModel):
             raise ValueError(f"unknown task; known tasks: {', '.join(names)}")
         return v
 
+    @field_validator("gpus_per_task")
+    @classmethod
+    def _gpu_amount(cls, v: float | None) -> float | None:
+        if v is not None and v > 1 and v != int(v):
+            raise ValueError("above 1 it must be a whole number (Spark rejects fractions above 1)")
+        return v
+
     @field_validator("spark_conf", mode="before")
     @classmethod
     def _stringify(cls, v: Any) -> Any:

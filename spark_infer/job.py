@@ -183,12 +183,12 @@ class ScoringJob:
     def score_and_commit(self) -> None:
         cfg, spark, spec, p = self.cfg, self.session(), self.spec, self.plan
         out = TableRef(cfg.output)
+        profile = scoring_profile(spark, cfg.gpus_per_task, cfg.cpus_per_task)  # fails before any write
         commit.ensure_table(spark, out, self.expected_schema, list(self.unit_cols), cfg.change_data_feed)
         base_version = out.version(spark)
         if self.summary.output_version_before is None:
             self.summary.output_version_before = base_version
         parallelism = cfg.score_partitions or spark.sparkContext.defaultParallelism
-        profile = scoring_profile(spark, cfg.gpus_per_task, cfg.cpus_per_task)
         acc = new_metrics_accumulator(spark)
         lock = threading.Lock()
         conflict: list[BaseException] = []
