@@ -19,13 +19,15 @@ all-MiniLM-L6-v2. Variants (pick with --variants):
      is the runtime's own cost; d/e vs g is what Spark (JVM, Arrow IPC, scheduling) adds
 
 Besides wall-clock rows/s, each variant reports the CPU seconds it burnt (this process and all its
-descendants: the JVM and the Python workers) and rows per CPU-second, which is less disturbed by
-other load on the machine than wall-clock time; the 1-minute load average before/after is printed
-to flag a noisy run.
+descendants: the JVM and the Python workers, split by role) and rows per CPU-second, which is less
+disturbed by other load on the machine than wall-clock time, and "cores used" (CPU s / wall s):
+well under --threads / --partitions means the variant did not get the machine (other load, or
+tasks not running in parallel). The 1-minute load average before/after flags a noisy run.
 
 Spark variants share one session; the input is cached and counted before timing, each variant gets
-an untimed warm-up on a small slice (workers start and load the model; its outputs are compared with
-the bare loop's), and only the scoring stage is timed, written to the "noop" sink.
+two untimed calls first: the shortest rows, 2 per partition (every worker loads the model: that
+call's time is reported as the model load), then a random check slice whose outputs are compared
+with the bare loop's. Only the scoring stage is timed, written to the "noop" sink.
 
     python bench/bench_embed.py                       # all variants, ~3000 texts
     python bench/bench_embed.py --variants b,d --rows 1000 --json /tmp/embed.json
@@ -67,8 +69,24 @@ SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(root: int | None = None) -> float:
-    """utime + stime of `root` (default: this process) and all its live descendants, from /proc."""
+def _role(pid: int) -> str:
+    if pid == os.getpid():
+        return "driver"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return "other"
+    if b"pyspark.daemon" in cmd or b"pyspark.worker" in cmd:
+        return "python_workers"
+    if b"java" in cmd.split(b"\0", 1)[0]:
+        return "jvm"
+    return "other"
+
+
+def tree_cpu_seconds(root: int | None = None) -> dict[str, float]:
+    """utime + stime of `root` (default: this process) and its live descendants, from /proc, by role
+    (driver, jvm, python_workers, other)."""
     root = os.getpid() if root is None else root
     children: dict[int, list[int]] = {}
     cpu: dict[int, float] = {}
@@ -83,12 +101,14 @@ def tree_cpu_seconds(root: int | None = None) -> float:
         pid = int(name)
         children.setdefault(int(fields[1]), []).append(pid)  # fields[1] = ppid
         cpu[pid] = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
-    total, todo = 0.0, [root]
+    by_role: dict[str, float] = {}
+    todo = [root]
     while todo:
         pid = todo.pop()
-        total += cpu.get(pid, 0.0)
+        role = _role(pid)
+        by_role[role] = by_role.get(role, 0.0) + cpu.get(pid, 0.0)
         todo.extend(children.get(pid, ()))
-    return total
+    return by_role
 
 
 class Meter:
@@ -102,13 +122,16 @@ class Meter:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
-        self.cpu = tree_cpu_seconds() - self.cpu0
+        cpu1 = tree_cpu_seconds()
+        self.cpu_by_role = {k: v - self.cpu0.get(k, 0.0) for k, v in cpu1.items()}
+        self.cpu = sum(self.cpu_by_role.values())
         self.load1 = os.getloadavg()[0]
         return False
 
-    def fields(self, rows: int) -> dict[str, float]:
+    def fields(self, rows: int) -> dict[str, Any]:
         return {"seconds": self.seconds, "rows_per_s": rows / self.seconds, "cpu_s": self.cpu,
                 "rows_per_cpu_s": rows / self.cpu if self.cpu > 0 else float("nan"),
+                "cores_used": self.cpu / self.seconds, "cpu_s_by_role": self.cpu_by_role,
                 "load_before": self.load0, "load_after": self.load1}
 
 
@@ -224,7 +247,28 @@ def worker_probe(spark, partitions: int) -> list[dict[str, Any]]:
 
 
 def counters_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items()}
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def task_spans(counters: dict[str, int]) -> list[dict[str, Any]]:
+    """Per-task (pid, start, end) from spark-infer's "placement|task|..." counters, when present:
+    shows whether the Spark tasks really ran side by side."""
+    spans = []
+    for key in counters:
+        parts = key.split("|")
+        if len(parts) >= 8 and parts[0] == "placement" and parts[1] == "task":
+            try:
+                spans.append({"task": int(parts[2]), "pid": int(parts[3]),
+                              "start_ns": int(parts[-2]), "end_ns": int(parts[-1])})
+            except ValueError:
+                continue
+    return sorted(spans, key=lambda t: t["start_ns"])
+
+
+def describe_spans(spans: list[dict[str, Any]]) -> str:
+    t0 = min(t["start_ns"] for t in spans)
+    parts = [f"pid {t['pid']} {(t['start_ns'] - t0) / 1e9:.1f}-{(t['end_ns'] - t0) / 1e9:.1f} s" for t in spans]
+    return "tasks: " + ", ".join(parts)
 
 
 def run_runtime_in_process(args, texts: list[str]) -> dict[str, Any]:
@@ -270,7 +314,7 @@ def run_spark(args, texts: list[str], lengths: np.ndarray, ref_warm: dict[int, n
     from spark_infer.udf import new_metrics_accumulator
 
     conf = {"spark.sql.shuffle.partitions": str(args.partitions),
-            "spark.default.parallelism": str(args.partitions)}
+            "spark.default.parallelism": str(args.partitions), "spark.ui.enabled": "false"}
     if args.arrow_batch:
         conf["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(args.arrow_batch)
     t0 = time.perf_counter()
@@ -288,6 +332,10 @@ def run_spark(args, texts: list[str], lengths: np.ndarray, ref_warm: dict[int, n
     warm = (spark.createDataFrame([(i, texts[i]) for i in warm_ids], schema)
             .repartition(args.partitions).cache())
     warm.count()
+    # first call: the shortest rows, 2 per partition, so its time is worker start-up + model load
+    short = sorted(range(len(texts)), key=lambda i: (lengths[i], i))[: 2 * args.partitions]
+    first = spark.createDataFrame([(i, texts[i]) for i in short], schema).repartition(args.partitions).cache()
+    first.count()
     print(f"input cached: {n} rows in partitions {sizes} ({time.perf_counter() - t0:.1f} s)")
     report["partition_sizes"] = sizes
     # work per partition: the slowest task sets the stage's wall time
@@ -355,6 +403,9 @@ def run_spark(args, texts: list[str], lengths: np.ndarray, ref_warm: dict[int, n
                 return dict(acc.value)
 
         t0 = time.perf_counter()
+        score(first).collect()
+        first_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
         warm_rows = [(r["id"], r["emb"]) for r in score(warm).collect()]
         warm_s = time.perf_counter() - t0
         before = snap()
@@ -367,7 +418,10 @@ def run_spark(args, texts: list[str], lengths: np.ndarray, ref_warm: dict[int, n
         else:
             extra["warmup_counters"] = before
             extra["counters"] = counters_delta(after, before)
-        res = {"variant": v, "name": VARIANTS[v], "rows": n, **meter.fields(n), "warmup_s": warm_s, "warmup_rows": len(warm_rows),
+            extra["task_spans"] = task_spans(extra["counters"])
+        res = {"variant": v, "name": VARIANTS[v], "rows": n, **meter.fields(n), "first_call_s": first_s,
+               "first_call_rows": len(short),
+               "warmup_s": warm_s, "warmup_rows": len(warm_rows),
                "max_abs_diff_vs_bare": max_abs_diff(warm_rows, ref_warm), **extra}
         results[v] = res
         print_result(res)
@@ -377,11 +431,15 @@ def run_spark(args, texts: list[str], lengths: np.ndarray, ref_warm: dict[int, n
 def print_result(r: dict[str, Any]) -> None:
     print(f"({r['variant']}) {r['name']:<42} {r['rows']:>6} rows {r['seconds']:8.2f} s {r['rows_per_s']:8.1f} rows/s"
           f"   cpu {r['cpu_s']:7.1f} s {r['rows_per_cpu_s']:6.1f} rows/cpu-s", flush=True)
-    details = [f"load avg {r['load_before']:.1f} -> {r['load_after']:.1f}"]
+    roles = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu_s_by_role"].items()) if v >= 0.05)
+    details = [f"load avg {r['load_before']:.1f} -> {r['load_after']:.1f}; cores used {r['cores_used']:.2f} "
+               f"(cpu s: {roles})"]
     if "load_s" in r:
         details.append(f"model load {r['load_s']:.2f} s")
-    if "warmup_s" in r:
-        details.append(f"warm-up ({r['warmup_rows']} rows, incl. worker start + model load) {r['warmup_s']:.2f} s")
+    if "first_call_s" in r:
+        details.append(f"untimed: first call ({r['first_call_rows']} shortest rows, "
+                       f"model load in each worker) {r['first_call_s']:.2f} s; check slice "
+                       f"({r['warmup_rows']} random rows, collected) {r['warmup_s']:.2f} s")
     if "worker_model_loads" in r:
         details.append(f"worker model loads {r['worker_model_loads']} (mean {r['worker_load_s_mean']:.2f} s), "
                        f"during timed run {r['timed_model_loads']}")
@@ -392,9 +450,11 @@ def print_result(r: dict[str, Any]) -> None:
         details.append("timed counters: " + ", ".join(
             f"{k}={c.get(k, 0)}" for k in ("rows", "tokens", "padded_tokens", "micro_batches", "truncated_rows",
                                            "model_loads", "error_rows")))
-        details.append(f"warm-up model_loads={r['warmup_counters'].get('model_loads', 0)}")
+        details.append(f"model_loads before the timed run: {r['warmup_counters'].get('model_loads', 0)}")
+    if r.get("task_spans"):
+        details.append(describe_spans(r["task_spans"]))
     if "max_abs_diff_vs_bare" in r:
-        details.append(f"max |emb - bare| on warm-up slice {r['max_abs_diff_vs_bare']:.2e}")
+        details.append(f"max |emb - bare| on the check slice {r['max_abs_diff_vs_bare']:.2e}")
     for d in details:
         print(f"      {d}")
 
@@ -413,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="spark.sql.execution.arrow.maxRecordsPerBatch (Spark default 10000)")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--partitions", type=int, default=2)
-    ap.add_argument("--warmup-rows", type=int, default=128, help="rows in each Spark variant's warm-up")
+    ap.add_argument("--warmup-rows", type=int, default=128,
+                    help="rows of each Spark variant's untimed check slice (compared with the bare loop)")
     ap.add_argument("--json", dest="json_path", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]

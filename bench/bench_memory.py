@@ -190,18 +190,18 @@ class Sampler(threading.Thread):
 
 
 # -- one size (child process) -------------------------------------------------------------------
-def generated_text(spark, rows: int, partitions: int):
-    """Deterministic word salad over the tiny tokenizer's vocabulary, 5..44 words a row."""
+def generated_text(spark, rows: int, partitions: int, words: tuple[int, int] = (5, 44)):
+    """Deterministic word salad over the tiny tokenizer's vocabulary, words[0]..words[1] words a row."""
     from pyspark.sql import functions as F
 
     sys.path.insert(0, TESTS)
     from tiny_models import WORDS
 
-    words = F.array(*[F.lit(w) for w in WORDS])
-    n_words = F.pmod(F.hash("id"), F.lit(40)) + 5
+    vocab = F.array(*[F.lit(w) for w in WORDS])
+    n_words = F.pmod(F.hash("id"), F.lit(words[1] - words[0] + 1)) + words[0]
     text = F.concat_ws(" ", F.transform(
         F.sequence(F.lit(1), n_words),
-        lambda i: F.element_at(words, (F.pmod(F.hash(F.col("id"), i), F.lit(len(WORDS))) + 1).cast("int")),
+        lambda i: F.element_at(vocab, (F.pmod(F.hash(F.col("id"), i), F.lit(len(WORDS))) + 1).cast("int")),
     ))
     return spark.range(rows).select("id", text.alias("text")).repartition(partitions)
 
@@ -222,12 +222,13 @@ def run_one(args) -> dict[str, Any]:
     rows = args.child
     model_dir = make_tiny_bert(os.path.join(tempfile.mkdtemp(prefix="bench-mem-"), "tiny-bert"))
     conf = {"spark.sql.shuffle.partitions": str(args.partitions),
-            "spark.default.parallelism": str(args.partitions),
+            "spark.default.parallelism": str(args.partitions), "spark.ui.enabled": "false",
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.arrow_batch)}
     t0 = time.perf_counter()
     spark = build_session("bench-memory", master=args.master, conf=conf)
     session_s = time.perf_counter() - t0
-    df = generated_text(spark, rows, args.partitions).cache()
+    words = tuple(int(w) for w in args.words.split(","))
+    df = generated_text(spark, rows, args.partitions, words).cache()
     n = df.count()
     opts: dict[str, Any] = {"batch_size": args.batch_size, "max_length": args.max_length}
     if args.token_budget:
@@ -235,7 +236,7 @@ def run_one(args) -> dict[str, Any]:
     udf = spark_infer.predict_udf("embed", model=model_dir, **opts)
 
     # warm-up: workers start, import torch and load the model; what remains is the baseline
-    warm = generated_text(spark, args.warmup_rows, args.partitions)
+    warm = generated_text(spark, args.warmup_rows, args.partitions, words)
     warm.select(udf("text").alias("emb")).write.format("noop").mode("overwrite").save()
     rss = WorkerRss()
     base = rss.sample()
@@ -274,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--warmup-rows", type=int, default=256)
+    ap.add_argument("--words", default="5,44",
+                    help="MIN,MAX words per generated row (the tiny tokenizer's max_length is 64 tokens; "
+                         "long rows show the cost of tokenizing text that truncation throws away)")
     ap.add_argument("--interval", type=float, default=0.2, help="RSS sampling period, seconds")
     ap.add_argument("--json", dest="json_path", default=None, help="write the results as JSON here")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
@@ -289,11 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     print(f"tiny BERT embed via spark_infer.predict_udf, master={args.master}, {args.partitions} partitions, "
           f"arrow.maxRecordsPerBatch={args.arrow_batch}, batch_size={args.batch_size}, "
-          f"max_length={args.max_length}, RSS sampled every {args.interval} s", flush=True)
+          f"max_length={args.max_length}, {args.words.replace(',', '..')} words a row, "
+          f"RSS sampled every {args.interval} s", flush=True)
     results: dict[int, dict[str, Any]] = {}
     passthrough = ["--arrow-batch", str(args.arrow_batch), "--batch-size", str(args.batch_size),
                    "--max-length", str(args.max_length), "--master", args.master,
                    "--partitions", str(args.partitions), "--warmup-rows", str(args.warmup_rows),
+                   "--words", args.words,
                    "--interval", str(args.interval)]
     if args.token_budget:
         passthrough += ["--token-budget", str(args.token_budget)]

@@ -164,25 +164,26 @@ class HFTextTask(Task):
             return tml
         return self.DEFAULT_MAX_LENGTH
 
+    #: rows tokenized per call: the fast tokenizer keeps every truncated-away token of a call alive
+    #: until it returns, so one call over a 10k-row Arrow batch of long texts peaks at GBs
+    ENCODE_CHUNK: ClassVar[int] = 512
+
     def encode(self, values: Sequence[Any]) -> Encoding:
         texts = [v if isinstance(v, str) else _not_text(v) for v in values]
-        enc = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            return_offsets_mapping=True,
-        )
-        ids = enc["input_ids"]
+        ids: list[list[int]] = []
         truncated = 0
-        for j, row in enumerate(ids):
-            if len(row) >= self.max_length:
-                # truncated when the last covered character is not the end of the (stripped) text
-                ends = [e for (_, e) in enc["offset_mapping"][j] if e]
-                if ends and max(ends) < len(texts[j].rstrip()):
-                    truncated += 1
+        for start in range(0, len(texts), self.ENCODE_CHUNK):
+            enc = self.tokenizer(
+                texts[start: start + self.ENCODE_CHUNK],
+                truncation=True,
+                max_length=self.max_length,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+            ids.extend(enc["input_ids"])
+            # a row was cut to max_length when the tokenizer kept overflowing tokens for it
+            truncated += sum(1 for e in enc.encodings if e.overflowing)
         return Encoding(ids=ids, truncated=truncated)
 
     def pad(self, encoding: Encoding, idx: np.ndarray, left: bool = False):
