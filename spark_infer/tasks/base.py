@@ -98,6 +98,32 @@ class Task(ABC):
         """Release the model (called when the cache evicts it)."""
 
 
+def label_score_type(all_scores_field: str | None = None) -> pa.DataType:
+    """struct<label, score[, <all_scores_field>: map<label, score>]>, shared by label-producing tasks."""
+    fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
+    if all_scores_field:
+        fields.append(pa.field(all_scores_field, pa.map_(pa.string(), pa.float32())))
+    return pa.struct(fields)
+
+
+def label_score_array(
+    labels: Sequence[str], probs: np.ndarray, best: np.ndarray, all_scores_field: str | None = None
+) -> pa.StructArray:
+    """Rows of `label_score_type`: the `best` label per row, its probability, optionally all of them."""
+    arrays = [
+        pa.array([labels[b] for b in best], type=pa.string()),
+        pa.array(probs[np.arange(len(best)), best].astype(np.float32)),
+    ]
+    names = ["label", "score"]
+    if all_scores_field:
+        n, k = probs.shape
+        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+        keys = pa.array(list(labels) * n, type=pa.string())
+        arrays.append(pa.MapArray.from_arrays(offsets, keys, pa.array(probs.reshape(-1).astype(np.float32))))
+        names.append(all_scores_field)
+    return pa.StructArray.from_arrays(arrays, names=names)
+
+
 def torch_dtype(option: str, device: str):
     """auto = bfloat16 on GPUs that support it, float32 on CPU."""
     import torch

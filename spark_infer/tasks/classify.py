@@ -6,7 +6,14 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from spark_infer.tasks.base import Encoding, HFTextTask, TaskOptions, register
+from spark_infer.tasks.base import (
+    Encoding,
+    HFTextTask,
+    TaskOptions,
+    label_score_array,
+    label_score_type,
+    register,
+)
 
 
 class ClassifyOptions(TaskOptions):
@@ -36,10 +43,7 @@ class ClassifyTask(HFTextTask):
 
     @classmethod
     def output_type_for(cls, options: TaskOptions) -> pa.DataType:
-        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
-        if getattr(options, "return_all_scores", False):
-            fields.append(pa.field("probabilities", pa.map_(pa.string(), pa.float32())))
-        return pa.struct(fields)
+        return label_score_type("probabilities" if getattr(options, "return_all_scores", False) else None)
 
     def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array:
         torch = self._torch
@@ -48,15 +52,5 @@ class ClassifyTask(HFTextTask):
             logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
             probs = torch.sigmoid(logits) if self.options.multi_label else torch.softmax(logits, dim=-1)
             p = probs.cpu().numpy()
-        best = p.argmax(axis=1)
-        labels = pa.array([self.labels[b] for b in best], type=pa.string())
-        scores = pa.array(p[np.arange(len(best)), best].astype(np.float32))
-        arrays = [labels, scores]
-        names = ["label", "score"]
-        if self.options.return_all_scores:
-            n, k = p.shape
-            offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-            keys = pa.array(self.labels * n, type=pa.string())
-            arrays.append(pa.MapArray.from_arrays(offsets, keys, pa.array(p.reshape(-1).astype(np.float32))))
-            names.append("probabilities")
-        return pa.StructArray.from_arrays(arrays, names=names)
+        return label_score_array(self.labels, p, p.argmax(axis=1),
+                                 "probabilities" if self.options.return_all_scores else None)

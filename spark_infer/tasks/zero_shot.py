@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from spark_infer.tasks.base import Encoding, Task, TaskOptions, register
+from spark_infer.tasks.base import Encoding, Task, TaskOptions, label_score_array, label_score_type, register
 from spark_infer.tasks.embed import EmbedOptions, EmbedTask
 
 
@@ -92,10 +92,7 @@ class ZeroShotTask(Task):
 
     @classmethod
     def output_type_for(cls, options: TaskOptions) -> pa.DataType:
-        fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
-        if getattr(options, "return_all_scores", False):
-            fields.append(pa.field("scores", pa.map_(pa.string(), pa.float32())))
-        return pa.struct(fields)
+        return label_score_type("scores" if getattr(options, "return_all_scores", False) else None)
 
     def _embed_labels(self) -> np.ndarray:
         texts = self.options.descriptions()
@@ -115,19 +112,8 @@ class ZeroShotTask(Task):
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)
-        best = cos.argmax(axis=1)
-        arrays = [
-            pa.array([self.labels[b] for b in best], type=pa.string()),
-            pa.array(p[np.arange(len(best)), best].astype(np.float32)),
-        ]
-        names = ["label", "score"]
-        if self.options.return_all_scores:
-            n, k = p.shape
-            offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-            keys = pa.array(self.labels * n, type=pa.string())
-            arrays.append(pa.MapArray.from_arrays(offsets, keys, pa.array(p.reshape(-1).astype(np.float32))))
-            names.append("scores")
-        return pa.StructArray.from_arrays(arrays, names=names)
+        return label_score_array(self.labels, p, cos.argmax(axis=1),
+                                 "scores" if self.options.return_all_scores else None)
 
     def close(self) -> None:
         self.embedder.close()
