@@ -7,12 +7,11 @@ import ast
 import glob
 import os
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
-from jobutil import ROOT, env, kill_group
+from jobutil import ROOT, env, run
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.py")))
 HEADER = "# Databricks notebook source"
@@ -89,19 +88,7 @@ def test_summarization_notebook_uses_generate_with_prompt_options():
 def run_notebook(path: str, extra_env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     e = {k: v for k, v in env().items() if not k.startswith("SPARK_INFER_") or k.startswith("SPARK_INFER_DELTA")}
     e.update(extra_env)
-    p = subprocess.Popen([sys.executable, path], cwd=ROOT, env=e, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except BaseException:
-        kill_group(p)
-        raise
-    finally:
-        try:  # nothing the notebook started may outlive it (JVM, Python workers)
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(p.args, p.returncode, out, "")
+    return run([sys.executable, path], timeout=timeout, env_vars=e)
 
 
 @pytest.mark.slow
