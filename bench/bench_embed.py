@@ -275,7 +275,7 @@ def run_runtime_in_process(args, texts: list[str]) -> dict[str, Any]:
     """Variant g: spark_infer's Runner over Arrow-batch-sized chunks of round-robin 'partitions'."""
     from spark_infer.runtime import TaskResources, make_spec, open_runner
     from spark_infer.runtime.metrics import new_counters
-    from spark_infer.runtime.spec import make_runtime_options
+    from spark_infer.runtime.options import RuntimeOptions
 
     opts: dict[str, Any] = {"batch_size": args.batch_size}
     if args.token_budget:
@@ -283,7 +283,7 @@ def run_runtime_in_process(args, texts: list[str]) -> dict[str, Any]:
     spec = make_spec("embed", None, max_length=args.max_length)
     counters = new_counters()
     t0 = time.perf_counter()
-    runner = open_runner(spec, make_runtime_options(**opts), TaskResources(cpus=1), counters)
+    runner = open_runner(spec, RuntimeOptions.build(**opts), TaskResources(cpus=1), counters)
     load_s = time.perf_counter() - t0
     runner.run(texts[: args.batch_size])  # warm-up, like the bare loops
     for k in counters:
@@ -310,7 +310,7 @@ def run_spark(args, texts: list[str], lengths: np.ndarray, ref_warm: dict[int, n
     from pyspark.sql.types import ArrayType, FloatType, LongType, StringType, StructField, StructType
 
     import spark_infer
-    from spark_infer.session import build_session
+    from spark_infer.sessions import build_session
     from spark_infer.udf import new_metrics_accumulator
 
     conf = {"spark.sql.shuffle.partitions": str(args.partitions),

@@ -217,7 +217,7 @@ def run_one(args) -> dict[str, Any]:
     from tiny_models import make_tiny_bert
 
     import spark_infer
-    from spark_infer.session import build_session
+    from spark_infer.sessions import build_session
 
     rows = args.child
     model_dir = make_tiny_bert(os.path.join(tempfile.mkdtemp(prefix="bench-mem-"), "tiny-bert"))

@@ -5,7 +5,7 @@
 # MAGIC Runs the `spark-infer` scoring job (`task = embed`) from the widgets below: each input partition is
 # MAGIC embedded and committed to the output Delta table once; rerunning the notebook scores only new or
 # MAGIC changed partitions and commits nothing when everything is done. The notebook has no logic of its
-# MAGIC own: it is `spark-infer score` with its flags taken from the widgets.
+# MAGIC own: it is `run_job` with its config taken from the widgets.
 # MAGIC
 # MAGIC * **Cluster**: classic compute in *dedicated (single user)* access mode, with `spark_infer` installed
 # MAGIC   (cluster library,
@@ -20,7 +20,7 @@
 # MAGIC Outside Databricks the same file runs as plain Python (`python notebooks/embeddings_to_delta.py`):
 # MAGIC each widget then reads `$SPARK_INFER_<NAME>` (e.g. `SPARK_INFER_OUTPUT=/data/emb`) or its default.
 # MAGIC
-# MAGIC Exit codes of the job (`spark_infer.cli`): 0 ok, 2 bad configuration (nothing written), 3 some units
+# MAGIC Exit codes of the job (`spark_infer.run.ExitCode`): 0 ok, 2 bad configuration (nothing written), 3 some units
 # MAGIC failed (committed units kept, rerun scores the rest), 4 a concurrent run wrote the same units (rerun
 # MAGIC to finish), 5 stopped by a signal (rerun to continue). On Databricks any non-zero code fails the
 # MAGIC cell (and the job task running the notebook).
@@ -28,83 +28,63 @@
 # COMMAND ----------
 
 import os
-import sys
-from types import SimpleNamespace
 
-from spark_infer.cli import run_score
+try:
+    from spark_infer.notebook import finish, widgets
+except ImportError as exc:  # opened on compute without the library: say what to do, not a bare traceback
+    raise ImportError("spark-infer is not installed on this compute: `%pip install spark-infer` (or the wheel "
+                      "from a Volume), or add it as a cluster / environment library") from exc
+
+from spark_infer import run_job
 from spark_infer.demo import write_sample_table
-from spark_infer.session import build_session
+from spark_infer.sessions import build_session
 from spark_infer.tables import TableRef
 
 # COMMAND ----------
 
-# Widgets: on Databricks dbutils.widgets; in plain Python each reads $SPARK_INFER_<NAME>, else its default.
-try:
-    dbutils  # noqa: B018 - defined by Databricks
-    ON_DATABRICKS = True
-except NameError:
-    ON_DATABRICKS = False
-    _defaults = {}
-
-    def _declare(name, default, *_args):
-        _defaults[name] = default
-
-    dbutils = SimpleNamespace(widgets=SimpleNamespace(
-        text=_declare, dropdown=_declare,
-        get=lambda name: os.environ.get(f"SPARK_INFER_{name.upper()}", _defaults[name]),
-    ))
-
-# COMMAND ----------
-
-dbutils.widgets.text("input", "", "input table (empty = demo table)")
-dbutils.widgets.text("output", "demo-output/notebook_embeddings", "output table")
-dbutils.widgets.text("model", "", "model (empty = packaged MiniLM)")
-dbutils.widgets.text("text_col", "text", "text column")
-dbutils.widgets.text("id_col", "id", "id column")
-dbutils.widgets.text("batch_size", "64", "rows per model call")
-dbutils.widgets.text("max_length", "", "max tokens (empty = model's)")
-dbutils.widgets.dropdown("normalize", "true", ["true", "false"], "L2-normalise")
-dbutils.widgets.dropdown("device", "auto", ["auto", "cpu", "cuda"], "device")
-dbutils.widgets.dropdown("change_data_feed", "true", ["true", "false"], "Change Data Feed on output")
-dbutils.widgets.text("demo_dir", "demo-output", "demo table folder")
-dbutils.widgets.text("demo_rows", "3000", "demo table rows")
+w = widgets(globals().get("dbutils"))  # dbutils.widgets on Databricks; $SPARK_INFER_<NAME> elsewhere
+w.text("input", "", "input table (empty = demo table)")
+w.text("output", "demo-output/notebook_embeddings", "output table")
+w.text("model", "", "model (empty = packaged MiniLM)")
+w.text("text_col", "text", "text column")
+w.text("id_col", "id", "id column")
+w.text("batch_size", "64", "rows per model call")
+w.text("max_length", "", "max tokens (empty = model's)")
+w.dropdown("normalize", "true", ["true", "false"], "L2-normalise")
+w.dropdown("device", "auto", ["auto", "cpu", "cuda"], "device")
+w.dropdown("change_data_feed", "true", ["true", "false"], "Change Data Feed on output")
+w.text("demo_dir", "demo-output", "demo table folder")
+w.text("demo_rows", "3000", "demo table rows")
 
 # COMMAND ----------
 
 spark = build_session("spark-infer-notebook")  # on Databricks: the active session
 
-input_table = dbutils.widgets.get("input")
-output_table = dbutils.widgets.get("output")
+input_table = w.get("input")
+output_table = w.get("output")
 if not input_table:
-    input_table = os.path.abspath(os.path.join(dbutils.widgets.get("demo_dir"), "products"))
-    if write_sample_table(spark, input_table, int(dbutils.widgets.get("demo_rows"))):
+    input_table = os.path.abspath(os.path.join(w.get("demo_dir"), "products"))
+    if write_sample_table(spark, input_table, int(w.get("demo_rows"))):
         print(f"wrote the demo table {input_table}")
 
 # COMMAND ----------
 
-args = [
-    "--input", input_table,
-    "--output", output_table,
-    "--task", "embed",
-    "--text-col", dbutils.widgets.get("text_col"),
-    "--id-col", dbutils.widgets.get("id_col"),
-    "--batch-size", dbutils.widgets.get("batch_size"),
-    "--device", dbutils.widgets.get("device"),
-    "--option", f"normalize={dbutils.widgets.get('normalize')}",
-    "--job-name", "spark-infer-embeddings-notebook",
-]
-if dbutils.widgets.get("model"):
-    args += ["--model", dbutils.widgets.get("model")]
-if dbutils.widgets.get("max_length"):
-    args += ["--max-length", dbutils.widgets.get("max_length")]
-if dbutils.widgets.get("change_data_feed") == "true":
-    args.append("--change-data-feed")  # needed by a Vector Search delta-sync index
+config = {
+    "input": input_table,
+    "output": output_table,
+    "task": "embed",
+    "model": w.get("model") or None,  # empty = the packaged all-MiniLM-L6-v2
+    "text_col": w.get("text_col"),
+    "id_col": w.get("id_col"),
+    "batch_size": w.get("batch_size"),
+    "max_length": w.get("max_length") or None,
+    "device": w.get("device"),
+    "task_options": {"normalize": w.get("normalize") == "true"},
+    "change_data_feed": w.get("change_data_feed") == "true",  # needed by a Vector Search delta-sync index
+    "job_name": "spark-infer-embeddings-notebook",
+}
 
-code = run_score(args)
-if code != 0:
-    if not ON_DATABRICKS:
-        sys.exit(code)
-    raise RuntimeError(f"spark-infer score exited with code {code}; see the log above")
+finish(run_job(config, spark=spark), globals().get("dbutils"))  # raises (Databricks) or exits on failure
 
 # COMMAND ----------
 

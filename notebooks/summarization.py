@@ -7,7 +7,7 @@
 # MAGIC `prediction` (`struct<text, input_tokens, output_tokens, finish_reason>`). Each input partition is committed to the output Delta table once; rerunning the
 # MAGIC notebook scores only new or changed partitions. Changing the template or `max_new_tokens` changes the
 # MAGIC model fingerprint, so the next run rescores everything. The notebook has no logic of its own: it is
-# MAGIC `spark-infer score` with its flags taken from the widgets.
+# MAGIC `run_job` with its config taken from the widgets.
 # MAGIC
 # MAGIC * **Cluster**: classic compute in *dedicated (single user)* access mode, GPU workers recommended, with
 # MAGIC   `spark_infer` installed (cluster library,
@@ -24,7 +24,7 @@
 # MAGIC Outside Databricks the same file runs as plain Python (`python notebooks/summarization.py`): each widget then
 # MAGIC reads `$SPARK_INFER_<NAME>` (e.g. `SPARK_INFER_OUTPUT=/data/out`) or its default.
 # MAGIC
-# MAGIC Exit codes of the job (`spark_infer.cli`): 0 ok, 2 bad configuration (nothing written), 3 some units
+# MAGIC Exit codes of the job (`spark_infer.run.ExitCode`): 0 ok, 2 bad configuration (nothing written), 3 some units
 # MAGIC failed (committed units kept, rerun scores the rest), 4 a concurrent run wrote the same units (rerun
 # MAGIC to finish), 5 stopped by a signal (rerun to continue). On Databricks any non-zero code fails the
 # MAGIC cell (and the job task running the notebook).
@@ -32,86 +32,69 @@
 # COMMAND ----------
 
 import os
-import sys
-from types import SimpleNamespace
 
-from spark_infer.cli import run_score
+try:
+    from spark_infer.notebook import finish, widgets
+except ImportError as exc:  # opened on compute without the library: say what to do, not a bare traceback
+    raise ImportError("spark-infer is not installed on this compute: `%pip install spark-infer` (or the wheel "
+                      "from a Volume), or add it as a cluster / environment library") from exc
+
+from spark_infer import run_job
 from spark_infer.demo import write_sample_table
-from spark_infer.session import build_session
+from spark_infer.sessions import build_session
 from spark_infer.tables import TableRef
 
 # COMMAND ----------
 
-# Widgets: on Databricks dbutils.widgets; in plain Python each reads $SPARK_INFER_<NAME>, else its default.
-try:
-    dbutils  # noqa: B018 - defined by Databricks
-    ON_DATABRICKS = True
-except NameError:
-    ON_DATABRICKS = False
-    _defaults = {}
-
-    def _declare(name, default, *_args):
-        _defaults[name] = default
-
-    dbutils = SimpleNamespace(widgets=SimpleNamespace(
-        text=_declare, dropdown=_declare,
-        get=lambda name: os.environ.get(f"SPARK_INFER_{name.upper()}", _defaults[name]),
-    ))
-
-# COMMAND ----------
-
-dbutils.widgets.text("input", "", "input table (empty = demo table)")
-dbutils.widgets.text("output", "demo-output/notebook_summaries", "output table")
-dbutils.widgets.text("model", "Qwen/Qwen2.5-0.5B-Instruct", "generative model")
-dbutils.widgets.text("prompt_template", "Summarize this product description in one sentence: {text}", "prompt")
-dbutils.widgets.text("max_new_tokens", "64", "max new tokens")
-dbutils.widgets.dropdown("chat_template", "true", ["true", "false"], "use the tokenizer's chat template")
-dbutils.widgets.text("text_col", "text", "text column")
-dbutils.widgets.text("id_col", "id", "id column")
-dbutils.widgets.text("batch_size", "8", "rows per model call")
-dbutils.widgets.text("max_length", "", "max prompt tokens (empty = model's)")
-dbutils.widgets.dropdown("device", "auto", ["auto", "cpu", "cuda"], "device")
-dbutils.widgets.dropdown("change_data_feed", "false", ["true", "false"], "Change Data Feed on output")
-dbutils.widgets.text("demo_dir", "demo-output", "demo table folder")
-dbutils.widgets.text("demo_rows", "3000", "demo table rows")
+w = widgets(globals().get("dbutils"))  # dbutils.widgets on Databricks; $SPARK_INFER_<NAME> elsewhere
+w.text("input", "", "input table (empty = demo table)")
+w.text("output", "demo-output/notebook_summaries", "output table")
+w.text("model", "Qwen/Qwen2.5-0.5B-Instruct", "generative model")
+w.text("prompt_template", "Summarize this product description in one sentence: {text}", "prompt")
+w.text("max_new_tokens", "64", "max new tokens")
+w.dropdown("chat_template", "true", ["true", "false"], "use the tokenizer's chat template")
+w.text("text_col", "text", "text column")
+w.text("id_col", "id", "id column")
+w.text("batch_size", "8", "rows per model call")
+w.text("max_length", "", "max prompt tokens (empty = model's)")
+w.dropdown("device", "auto", ["auto", "cpu", "cuda"], "device")
+w.dropdown("change_data_feed", "false", ["true", "false"], "Change Data Feed on output")
+w.text("demo_dir", "demo-output", "demo table folder")
+w.text("demo_rows", "3000", "demo table rows")
 
 # COMMAND ----------
 
 spark = build_session("spark-infer-notebook")  # on Databricks: the active session
 
-input_table = dbutils.widgets.get("input")
-output_table = dbutils.widgets.get("output")
+input_table = w.get("input")
+output_table = w.get("output")
 if not input_table:
-    input_table = os.path.abspath(os.path.join(dbutils.widgets.get("demo_dir"), "products"))
-    if write_sample_table(spark, input_table, int(dbutils.widgets.get("demo_rows"))):
+    input_table = os.path.abspath(os.path.join(w.get("demo_dir"), "products"))
+    if write_sample_table(spark, input_table, int(w.get("demo_rows"))):
         print(f"wrote the demo table {input_table}")
 
 # COMMAND ----------
 
-args = [
-    "--input", input_table,
-    "--output", output_table,
-    "--task", "generate",
-    "--model", dbutils.widgets.get("model"),
-    "--text-col", dbutils.widgets.get("text_col"),
-    "--id-col", dbutils.widgets.get("id_col"),
-    "--batch-size", dbutils.widgets.get("batch_size"),
-    "--device", dbutils.widgets.get("device"),
-    "--option", f"prompt_template={dbutils.widgets.get('prompt_template')}",
-    "--option", f"max_new_tokens={dbutils.widgets.get('max_new_tokens')}",
-    "--option", f"chat_template={dbutils.widgets.get('chat_template')}",
-    "--job-name", "spark-infer-summarization-notebook",
-]
-if dbutils.widgets.get("max_length"):
-    args += ["--max-length", dbutils.widgets.get("max_length")]
-if dbutils.widgets.get("change_data_feed") == "true":
-    args.append("--change-data-feed")
+config = {
+    "input": input_table,
+    "output": output_table,
+    "task": "generate",
+    "model": w.get("model"),
+    "text_col": w.get("text_col"),
+    "id_col": w.get("id_col"),
+    "batch_size": w.get("batch_size"),
+    "max_length": w.get("max_length") or None,
+    "device": w.get("device"),
+    "task_options": {
+        "prompt_template": w.get("prompt_template"),
+        "max_new_tokens": w.get("max_new_tokens"),
+        "chat_template": w.get("chat_template") == "true",
+    },
+    "change_data_feed": w.get("change_data_feed") == "true",
+    "job_name": "spark-infer-summarization-notebook",
+}
 
-code = run_score(args)
-if code != 0:
-    if not ON_DATABRICKS:
-        sys.exit(code)
-    raise RuntimeError(f"spark-infer score exited with code {code}; see the log above")
+finish(run_job(config, spark=spark), globals().get("dbutils"))  # raises (Databricks) or exits on failure
 
 # COMMAND ----------
 

@@ -1,44 +1,40 @@
-"""Command line: `spark-infer score ...`, `python -m spark_infer score ...`, `spark-submit jobs/score.py ...`.
+"""Command line: `spark-infer score|demo`, `python -m spark_infer`, `spark-submit jobs/score.py`.
 
-Exit codes:
-  0  every planned unit is committed (or nothing was pending; or --dry-run)
-  1  unexpected error (bug, or Spark/infrastructure failure before any unit could be scored)
-  2  bad configuration: nothing was written
-  3  partial failure: some units failed; committed units are kept, a rerun scores the rest
-  4  a concurrent run wrote the same output units; committed units are kept, rerun to finish
-  5  stopped by SIGTERM/SIGINT (preemption, scheduler timeout): committed units kept, rerun continues
-
-Every run that got past parsing its configuration leaves a JSON record (path printed in the last
-line) and, once Spark is up, a row in the Delta runs table next to the output.
+Argument parsing only: the run itself (signals, exit codes, records) is `spark_infer.run`. Nothing
+imports this module.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
+import logging
 import sys
-import threading
-import time
 from typing import Any
 
-from spark_infer.report import emit, redact_text
-from spark_infer.runtime.spec import ConfigError
+from spark_infer.errors import ConfigError
+from spark_infer.log import install_stderr_handler
+from spark_infer.run import ExitCode, execute
 
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_PARTIAL, EXIT_CONCURRENT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5
 
-
-def _kv_pairs(values: list[str] | None, flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
     for item in values or []:
         if "=" not in item:
             raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def _json_values(pairs: dict[str, str]) -> dict[str, Any]:
+    """Task option values as JSON where they parse (numbers, booleans, lists), else strings."""
+    out: dict[str, Any] = {}
+    for k, v in pairs.items():
         try:
-            out[k.strip()] = json.loads(v)  # numbers, booleans, lists
+            out[k] = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip()] = v
+            out[k] = v
     return out
 
 
@@ -64,8 +60,8 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     p.add_argument("--concurrent-units", dest="concurrent_units", type=int)
     p.add_argument("--master")
     p.add_argument("--job-name", dest="job_name")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option (repeatable)")
-    p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark conf (repeatable)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option (repeatable; JSON values)")
+    p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark conf (repeatable; taken as given)")
     p.add_argument("--delta-jars", dest="delta_jars", help="comma-separated local Delta jars (no download)")
     p.add_argument("--summary-json", dest="summary_json", help="write the run record JSON here")
     p.add_argument("--runs-table", dest="runs_table", help="Delta table for run records (default: OUTPUT_runs)")
@@ -77,180 +73,58 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+def overrides_from(ns: argparse.Namespace) -> dict[str, Any]:
+    """Config fields given as flags (None = not given)."""
     d = {k: v for k, v in vars(ns).items() if k not in ("config", "option", "conf") and v is not None}
     if isinstance(d.get("partition_by"), str):
         d["partition_by"] = [c.strip() for c in d["partition_by"].split(",") if c.strip()]
     if ns.option:
-        d["task_options"] = _kv_pairs(ns.option, "--option")
+        d["task_options"] = _json_values(_pairs(ns.option, "--option"))
     if ns.conf:
-        d["spark_conf"] = {k: str(v) for k, v in _kv_pairs(ns.conf, "--conf").items()}
+        d["spark_conf"] = _pairs(ns.conf, "--conf")  # a Spark conf value is a string, passed as given
     return d
 
 
-def print_plan(job) -> None:
-    p, cols = job.plan, job.unit_cols
-    print(f"plan: input={job.cfg.input} version={p.input_version} units={'buckets of ' + job.cfg.id_col if p.bucketed else ','.join(cols)}")
-    for u, reason in p.pending:
-        print(f"  pending  {reason:<13} {u.label(cols):<40} rows={u.rows}")
-    for u in p.done:
-        print(f"  done     {'':<13} {u.label(cols):<40} rows={u.rows}")
-    for u in p.stale_model:
-        print(f"  kept     {'old model':<13} {u.label(cols):<40} rows={u.rows}")
-    for k in p.orphaned:
-        print(f"  orphaned {'not in input':<13} {','.join(f'{c}={v}' for c, v in zip(cols, k, strict=True))}")
-    print("plan: " + " ".join(f"{k}={v}" for k, v in p.counts().items()))
-
-
-def run_score(argv: list[str], relaunch_args: list[str] | None = None) -> int:
-    """Parse flags, validate, plan, score and commit. Returns the exit code."""
+def run_score(argv: list[str]) -> int:
+    """`spark-infer score ARGS`: returns the exit code."""
     from spark_infer.config import build_config
 
+    install_stderr_handler(logging.INFO)
     ns = score_parser().parse_args(argv)
-    code, _ = execute(lambda: build_config(ns.config, _overrides(ns)), relaunch_args=argv)
-    return code
+    summary = execute(lambda: build_config(ns.config, overrides_from(ns)), relaunch_argv=argv, print_plan=True)
+    return int(summary.exit_code if summary.exit_code is not None else ExitCode.ERROR)
 
 
-def execute(make_config, spark=None, relaunch_args: list[str] | None = None):
-    """Run one job from a config factory; returns (exit code, RunSummary or None).
+def run_demo_command(argv: list[str]) -> int:
+    """`spark-infer demo [--dir D] [--rows N] [--master M] [score flags]`: returns the exit code."""
+    from spark_infer.demo import run_demo
 
-    Every exit path goes through here: signals, config errors, failures, and the run record.
-    """
-    t_start = time.monotonic()
-    job = None
-    previous = {}
-
-    def _on_signal(signum, frame):  # noqa: ARG001
-        emit("signal", name=signal.Signals(signum).name, action="stop_after_inflight_units_abandoned")
-        if job is not None:
-            job.request_stop()
-        else:
-            raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, _on_signal)
+    p = argparse.ArgumentParser(prog="spark-infer demo",
+                                description="Embed a bundled sample Delta table with the packaged model.")
+    p.add_argument("--dir", default="demo-output", help="where the sample input and the output go")
+    p.add_argument("--rows", type=int, default=3000)
+    p.add_argument("--master", default="local[2]")
+    ns, rest = p.parse_known_args(argv)
+    install_stderr_handler(logging.INFO)
     try:
-        cfg = make_config()
-        from spark_infer.job import ConcurrentRunError, DeltaMissing, ScoringJob
-
-        job = ScoringJob(cfg, spark)
-        emit("run_start", run_id=job.run_id, job=cfg.job_name, task=cfg.task, input=cfg.input, output=cfg.output)
-        job.validate_model()
-        try:
-            job.make_plan()
-        except DeltaMissing:
-            from spark_infer.launch import RELAUNCH_ENV, delta_flags, relaunch_with_delta, under_spark_submit
-
-            if relaunch_args is not None and under_spark_submit() and not os.environ.get(RELAUNCH_ENV):
-                return relaunch_with_delta(job.session_unchecked(), relaunch_args, cfg.delta_jars), None
-            raise ConfigError(
-                "Delta Lake is not on this Spark session's classpath; start it with "
-                + " ".join(delta_flags(cfg.delta_jars))
-            ) from None
-        if cfg.dry_run:
-            print_plan(job)
-            job.summary.status, job.summary.exit_code = "dry_run", EXIT_OK
-            return EXIT_OK, (job.summary if job is not None else None)
-        print_plan(job)
-        if not job.stop_requested.is_set():
-            job.score_and_commit()
-        s = job.summary
-        if job.stop_requested.is_set():
-            code, s.status = EXIT_INTERRUPTED, "interrupted"
-            s.error = "stopped by signal; committed units are kept, rerun to continue"
-        elif s.units_failed:
-            code, s.status = EXIT_PARTIAL, "partial"
-            s.error = "; ".join(f"{k}: {v}" for k, v in list(s.units_failed.items())[:5])
-        else:
-            code, s.status = EXIT_OK, "succeeded"
-        s.exit_code = code
-        return code, (job.summary if job is not None else None)
-    except KeyboardInterrupt:
-        print("error: interrupted before the job started", file=sys.stderr, flush=True)
-        if job:
-            job.summary.status, job.summary.exit_code = "interrupted", EXIT_INTERRUPTED
-        return EXIT_INTERRUPTED, (job.summary if job is not None else None)
+        overrides = overrides_from(score_parser("spark-infer demo").parse_args(rest))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        if job:
-            job.summary.status, job.summary.exit_code, job.summary.error = "config_error", EXIT_CONFIG, str(exc)
-        if job is None:
-            from spark_infer.report import RunSummary
-
-            return EXIT_CONFIG, RunSummary(run_id="", job_name="", status="config_error", exit_code=EXIT_CONFIG,
-                                           error=str(exc))
-        return EXIT_CONFIG, job.summary
-    except Exception as exc:  # noqa: BLE001 - every failure still leaves its record
-        from spark_infer.job import ConcurrentRunError
-
-        code = EXIT_CONCURRENT if isinstance(exc, ConcurrentRunError) else EXIT_ERROR
-        if job is not None and job.stop_requested.is_set():
-            code = EXIT_INTERRUPTED
-        print(redact_text(f"error: {type(exc).__name__}: {exc}"), file=sys.stderr, flush=True)
-        if job:
-            job.summary.status, job.summary.exit_code, job.summary.error = "failed", code, str(exc)[:4000]
-        if code == EXIT_ERROR:
-            import traceback
-
-            traceback.print_exc()
-        return code, (job.summary if job is not None else None)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if job is not None and job.summary.exit_code is not None:
-            job.summary.durations_s["total"] = round(time.monotonic() - t_start, 3)
-            _finish(job)
-
-
-def _finish(job) -> None:
-    """Write the run record (JSON file, and a row in the runs table) and the closing line."""
-    import datetime as dt
-    import tempfile
-
-    from spark_infer.report import append_run_record, emit
-
-    s = job.summary
-    s.ended_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    path = job.cfg.summary_json or os.path.join(
-        tempfile.gettempdir(), "spark-infer-runs", f"{job.cfg.job_name}-{s.run_id}.json"
-    )
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(s.to_json())
-    except OSError as exc:
-        emit("warning", what="run_record_json_not_written", path=path, error=str(exc))
-        path = ""
-    runs_table = ""
-    if job.cfg.record_runs and s.status not in ("config_error", "dry_run") and job._spark is not None:
-        runs_table = job.cfg.runs_table_ref
-        try:
-            append_run_record(job._spark, runs_table, s)
-        except Exception as exc:  # noqa: BLE001 - the JVM may be gone (SIGTERM to the whole group)
-            emit("warning", what="run_record_table_not_written", table=runs_table,
-                 error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
-            runs_table = ""
-    rows_s = s.rows_scored / s.durations_s["score_commit"] if s.durations_s.get("score_commit") else 0.0
-    emit("run_end", run_id=s.run_id, status=s.status, exit_code=s.exit_code,
-         units_committed=len(s.units_committed), units_failed=len(s.units_failed),
-         units_abandoned=len(s.units_abandoned), units_skipped=s.plan.get("units_done", 0),
-         rows_scored=s.rows_scored, rows_per_s=rows_s, output=s.output,
-         output_version=s.output_version_after, summary_json=path, runs_table=runs_table)
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    overrides.pop("master", None)
+    return run_demo(ns.dir, ns.rows, ns.master, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `spark-infer` and `python -m spark_infer`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
-        from spark_infer.demo import main as demo_main
-
-        return demo_main(argv[1:])
+        return run_demo_command(argv[1:])
     if argv and argv[0] == "score":
         argv = argv[1:]
     elif argv and not argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         print(f"error: unknown command {argv[0]!r}; use 'score' or 'demo'", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     return run_score(argv)
 
 

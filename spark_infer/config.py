@@ -15,8 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spark_infer.runtime.spec import ConfigError, RuntimeOptions
-from spark_infer.tasks import task_names
+from spark_infer.errors import ConfigError
+from spark_infer.runtime.options import RuntimeOptions
+from spark_infer.tasks import get_task, task_names
 
 #: columns the job adds to every output row (besides the task's output and `error`)
 LINEAGE_COLUMNS = (
@@ -26,7 +27,15 @@ BUCKET_COLUMN = "bucket"
 
 
 class JobConfig(BaseModel):
-    """Everything one scoring run needs. See README "Configuration" for each field."""
+    """Everything one scoring run needs; see README "The scoring job" for each field.
+
+        from spark_infer import JobConfig
+        cfg = JobConfig(input="/data/products", output="/data/emb", batch_size=32)   # cfg.runtime.batch_size
+
+    The runtime options (`batch_size`, `token_budget`, `device`, `on_error`) are written at the top
+    level, like every other field, and live in `cfg.runtime`: the one `RuntimeOptions` object the
+    workers get.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,12 +51,9 @@ class JobConfig(BaseModel):
     buckets: int = Field(default=8, ge=1, le=10_000, description="id buckets for an unpartitioned input")
     output_col: str | None = Field(default=None, description="name of the prediction column")
     task_options: dict[str, Any] = Field(default_factory=dict)
-    # runtime (how, not what)
-    batch_size: int = Field(default=64, ge=1)
-    max_length: int | None = Field(default=None, ge=1)
-    token_budget: int | None = Field(default=None, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    on_error: Literal["null", "fail"] = "null"
+    max_length: int | None = Field(default=None, ge=1, description="task option max_length, for short")
+    # runtime (how, not what): written flat in files and flags, gathered here
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)
     arrow_batch_size: int = Field(default=4096, ge=1, description="spark.sql.execution.arrow.maxRecordsPerBatch")
     score_partitions: int | None = Field(
         default=None, ge=1, description="Spark tasks per unit (default: the cluster's parallelism)"
@@ -57,6 +63,7 @@ class JobConfig(BaseModel):
     )
     cpus_per_task: int | None = Field(default=None, ge=1, description="CPU cores per scoring task")
     concurrent_units: int = Field(default=2, ge=1, le=64, description="units scored and committed at once")
+    output_format: str = Field(default="delta", description="output sink (spark_infer/sinks/)")
     # incremental behaviour
     on_model_change: Literal["rescore", "new_only"] = "rescore"
     change_data_feed: bool = False
@@ -76,6 +83,19 @@ class JobConfig(BaseModel):
     @property
     def runs_table_ref(self) -> str:
         return self.runs_table or self.output.rstrip("/") + "_runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_runtime(cls, data: Any) -> Any:
+        # flat `batch_size: 32` (files, flags) and nested `runtime: {...}` (model_dump) both work
+        if isinstance(data, dict):
+            flat = {k: data[k] for k in RuntimeOptions.fields() if k in data}
+            if flat:
+                nested = data.get("runtime")
+                base = nested.model_dump() if isinstance(nested, RuntimeOptions) else dict(nested or {})
+                data = {k: v for k, v in data.items() if k not in flat}
+                data["runtime"] = {**base, **flat}
+        return data
 
     @field_validator("task")
     @classmethod
@@ -107,37 +127,13 @@ class JobConfig(BaseModel):
 
     @property
     def prediction_col(self) -> str:
-        return self.output_col or {"embed": "embedding"}.get(self.task, "prediction")
-
-    def runtime_options(self) -> RuntimeOptions:
-        return RuntimeOptions(
-            batch_size=self.batch_size, token_budget=self.token_budget, device=self.device,
-            on_error=self.on_error,
-        )
+        return self.output_col or get_task(self.task).default_output_col
 
     def task_option_values(self) -> dict[str, Any]:
         opts = dict(self.task_options)
         if self.max_length is not None:
             opts.setdefault("max_length", self.max_length)
         return opts
-
-    def redacted(self) -> dict[str, Any]:
-        """The config as a dict safe to log: values of secret-looking keys replaced."""
-        return _redact(self.model_dump(mode="json"))
-
-
-_SECRET_WORDS = ("token", "secret", "password", "passwd", "credential", "apikey", "api_key", "access.key",
-                 "secret.key", "sas", "auth")
-
-
-def _redact(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: _redact(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v, key) for v in value]
-    if key and any(w in key.lower() for w in _SECRET_WORDS) and value not in (None, ""):
-        return "***"
-    return value
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -178,10 +174,11 @@ def build_config(file: str | None = None, overrides: dict[str, Any] | None = Non
 
 
 def format_errors(exc: ValidationError) -> str:
-    known = list(JobConfig.model_fields)
+    known = [k for k in JobConfig.model_fields if k != "runtime"] + sorted(RuntimeOptions.fields())
     msgs = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        # runtime options are written at the top level: name them as written
+        loc = ".".join(str(x) for x in err["loc"]).removeprefix("runtime.")
         val = err.get("input")
         if err["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(loc, known, n=1)

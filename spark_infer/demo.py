@@ -3,9 +3,9 @@ packaged all-MiniLM-L6-v2. `spark-infer demo` builds the table (once) and runs t
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
+from typing import Any
 
 CATEGORIES = ("books", "electronics", "garden", "kitchen", "toys")
 _WORDS = {
@@ -59,31 +59,34 @@ def sample_rows(rows: int = 3000, seed: int = 20261129) -> list[tuple[int, str, 
 
 def write_sample_table(spark, path: str, rows: int = 3000) -> bool:
     """Write the sample table at `path` unless a Delta table is already there. True if written."""
-    from delta.tables import DeltaTable
+    from spark_infer.tables import TableRef
 
-    if DeltaTable.isDeltaTable(spark, path):
+    if TableRef(path).exists(spark):
         return False
     df = spark.createDataFrame(sample_rows(rows), "id long, category string, title string, text string")
     df.repartition(1).write.format("delta").partitionBy("category").save(path)
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    from spark_infer.cli import run_score
-    from spark_infer.session import build_session
+def run_demo(base_dir: str = "demo-output", rows: int = 3000, master: str = "local[2]",
+             overrides: dict[str, Any] | None = None) -> int:
+    """Write the sample table under `base_dir` (once), embed it incrementally, show a few rows.
 
-    p = argparse.ArgumentParser(prog="spark-infer demo", description=__doc__)
-    p.add_argument("--dir", default="demo-output", help="where the sample input and the output go")
-    p.add_argument("--rows", type=int, default=3000)
-    p.add_argument("--master", default="local[2]")
-    ns, rest = p.parse_known_args(argv)
-    base = os.path.abspath(ns.dir)
+    Returns the job's exit code. `overrides` are extra config fields (the command line's flags).
+    """
+    from spark_infer.config import build_config
+    from spark_infer.run import ExitCode, execute
+    from spark_infer.sessions import build_session
+
+    base = os.path.abspath(base_dir)
     inp, out = os.path.join(base, "products"), os.path.join(base, "product_embeddings")
-    spark = build_session("spark-infer-demo", ns.master)
-    if write_sample_table(spark, inp, ns.rows):
-        print(f"demo: wrote sample table {inp} ({ns.rows} rows, partitioned by category)")
-    code = run_score(["--input", inp, "--output", out, "--task", "embed", "--id-col", "id",
-                      "--text-col", "text", "--job-name", "spark-infer-demo", *rest])
+    spark = build_session("spark-infer-demo", master)
+    if write_sample_table(spark, inp, rows):
+        print(f"demo: wrote sample table {inp} ({rows} rows, partitioned by category)")
+    fields = {"input": inp, "output": out, "task": "embed", "id_col": "id", "text_col": "text",
+              "job_name": "spark-infer-demo", **(overrides or {})}
+    summary = execute(lambda: build_config(overrides=fields), spark=spark, print_plan=True)
+    code = int(summary.exit_code if summary.exit_code is not None else ExitCode.ERROR)
     if code == 0:
         res = spark.read.format("delta").load(out)
         print(f"demo: output {out}: {res.count()} rows")

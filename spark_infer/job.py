@@ -1,7 +1,14 @@
-"""The scoring job: config -> plan -> score -> commit -> report, one Delta commit per unit."""
+"""The scoring job's stages: config -> plan -> score -> commit, one atomic commit per unit.
+
+`ScoringJob.run()` runs them in order and returns the run's `RunSummary`; the lifecycle around it
+(signals, exit codes, the run record) is `spark_infer.run`. The job talks to the output through the
+`OutputTable` protocol (`spark_infer.sinks`) and to Spark through the session's capabilities
+(`spark_infer.sessions`).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import threading
@@ -11,51 +18,42 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     TimeoutError,  # noqa: A004 - same as builtin since 3.11
 )
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
-from spark_infer import commit, plan
+from spark_infer import plan as planning
 from spark_infer.config import BUCKET_COLUMN, LINEAGE_COLUMNS, JobConfig
-from spark_infer.report import Progress, RunSummary, emit
+from spark_infer.errors import ConcurrentRunError, ConfigError, DeltaMissing
+from spark_infer.log import event
+from spark_infer.report import Progress, RunSummary
 from spark_infer.resources import scoring_profile
 from spark_infer.runtime import PLACEMENT_PREFIX
-from spark_infer.runtime.spec import ConfigError, ModelSpec, make_spec
-from spark_infer.session import build_session, delta_available
+from spark_infer.runtime.spec import ModelSpec, make_spec
+from spark_infer.sessions import SessionCapabilities, build_session, capabilities
+from spark_infer.sinks import OutputTable, open_sink
 from spark_infer.tables import TableRef
-from spark_infer.udf import new_metrics_accumulator, output_schema, predict_frame
-
-
-class DeltaMissing(RuntimeError):
-    """Delta Lake's classes are not on the running Spark session's classpath."""
-
-
-class ConcurrentRunError(RuntimeError):
-    """Another run committed to the same output units at the same time."""
-
-
-def _is_concurrency_error(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return any(
-        w in text
-        for w in ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentTransaction",
-                  "ConcurrentWriteException", "ConcurrentDeleteDeleteException", "ProtocolChangedException",
-                  "MetadataChangedException", "DELTA_CONCURRENT")
-    )
+from spark_infer.udf import output_schema, predict_frame
 
 
 def lineage_schema() -> list[StructField]:
-    from pyspark.sql.types import LongType, TimestampType
-
     types = {"input_version": LongType(), "scored_at": TimestampType()}
     return [StructField(c, types.get(c, StringType())) for c in LINEAGE_COLUMNS]
 
 
 class ScoringJob:
-    """One run of a configured job. `run()` returns the RunSummary (also on failure, via summary)."""
+    """One run of a configured job.
 
-    def __init__(self, cfg: JobConfig, spark: SparkSession | None = None) -> None:
+        job = ScoringJob(JobConfig(input="/data/in", output="/data/out"), spark)
+        summary = job.run()          # plan, score and commit; summary.units_committed ...
+
+    `run()` raises on errors that end the run (ConfigError, ConcurrentRunError, Spark failures) and
+    leaves what it did so far in `summary`; `spark_infer.run` turns that into exit codes and records.
+    """
+
+    def __init__(self, cfg: JobConfig, spark: SparkSession | None = None, sink: OutputTable | None = None) -> None:
         self.cfg = cfg
         self.run_id = uuid.uuid4().hex[:16]
         self.summary = RunSummary(run_id=self.run_id, job_name=cfg.job_name, input=cfg.input,
@@ -63,58 +61,72 @@ class ScoringJob:
         self.summary.config_hash = hashlib.sha256(
             json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
         ).hexdigest()[:16]
-        import datetime as dt
-
         self.summary.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        self._spark = spark
-        self.spec: ModelSpec | None = None
-        self.plan: plan.Plan | None = None
+        self.spark: SparkSession | None = spark
+        self.caps: SessionCapabilities | None = None
+        self.sink: OutputTable | None = sink
         self.stop_requested = threading.Event()
+        #: every Spark job of this run carries this tag (what a stop cancels)
+        self.tag = f"spark-infer-{self.run_id}"
+        # set by the stages below
+        self.spec: ModelSpec | None = None
+        self.plan: planning.Plan | None = None
+        self.unit_cols: list[str] = []
+        self.input_df: DataFrame | None = None
+        self.input_expr: str | list[str] = cfg.text_col
+        self.keys: list[str] = []
+        self.expected_schema: StructType | None = None
 
     def request_stop(self) -> None:
-        """SIGTERM/preemption: start no new unit and abandon in-flight ones (nothing half-written:
-        an uncommitted Delta write leaves no trace)."""
+        """SIGTERM/preemption: start no new unit and cancel in-flight ones (nothing half-written:
+        an uncommitted write leaves no trace)."""
         self.stop_requested.set()
-        if self._spark is not None:
-            try:
-                self._spark.sparkContext.cancelAllJobs()
-            except Exception:  # noqa: BLE001 - the JVM may already be going down
-                pass
+        if self.caps is not None:
+            self.caps.cancel_tag(self.tag)
+
+    def run(self) -> RunSummary:
+        """Resolve the model, plan, then score and commit every pending unit."""
+        self.resolve_model()
+        self.make_plan()
+        if not self.cfg.dry_run and not self.stop_requested.is_set():
+            self.score_and_commit()
+        return self.summary
 
     # -- stages ---------------------------------------------------------------------------------
-    def validate_model(self) -> ModelSpec:
-        """Task, options and model folder checked (and fingerprinted) before Spark starts."""
-        cfg = self.cfg
-        if cfg.model is not None and cfg.model.strip() == "":
-            raise ConfigError("config field 'model'='': empty model reference")
-        t0 = time.monotonic()
-        self.spec = make_spec(cfg.task, cfg.model, **cfg.task_option_values())
-        self.summary.model = self.spec.reference
-        self.summary.model_fingerprint = self.spec.fingerprint
-        self.summary.durations_s["fingerprint"] = round(time.monotonic() - t0, 3)
+    def resolve_model(self) -> ModelSpec:
+        """Task, options and model checked and fingerprinted before Spark starts."""
+        if self.spec is None:
+            t0 = time.monotonic()
+            self.spec = make_spec(self.cfg.task, self.cfg.model, **self.cfg.task_option_values())
+            self.summary.model = self.spec.reference
+            self.summary.model_fingerprint = self.spec.fingerprint
+            self.summary.durations_s["fingerprint"] = round(time.monotonic() - t0, 3)
         return self.spec
 
-    def session_unchecked(self) -> SparkSession:
-        if self._spark is None:
+    def open_session(self) -> SparkSession:
+        """The session (built if none was given) with Delta checked; DeltaMissing if it lacks Delta."""
+        if self.spark is None:
             t0 = time.monotonic()
             conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(self.cfg.arrow_batch_size),
                     **self.cfg.spark_conf}
-            self._spark = build_session(self.cfg.job_name, self.cfg.master, conf, self.cfg.delta_jars)
+            self.spark = build_session(self.cfg.job_name, self.cfg.master, conf, self.cfg.delta_jars)
             self.summary.durations_s["session_start"] = round(time.monotonic() - t0, 3)
-        return self._spark
+        if self.caps is None:
+            self.caps = capabilities(self.spark)
+            if not self.caps.delta_available():
+                raise DeltaMissing("Delta Lake classes are not on this Spark session's classpath")
+            # runtime conf also applies to a session we did not create (notebook, spark-submit)
+            self.spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(self.cfg.arrow_batch_size))
+        if self.sink is None:
+            self.sink = open_sink(self.cfg.output_format, self.spark, self.cfg.output,
+                                  change_data_feed=self.cfg.change_data_feed, runs_table=self.cfg.runs_table_ref)
+        return self.spark
 
-    def session(self) -> SparkSession:
-        self.session_unchecked()
-        if not delta_available(self._spark):
-            raise DeltaMissing("Delta Lake classes are not on this Spark session's classpath")
-        # runtime conf also applies to a session we did not create (notebook, spark-submit)
-        self._spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(self.cfg.arrow_batch_size))
-        return self._spark
-
-    def make_plan(self) -> plan.Plan:
-        cfg, spark, spec = self.cfg, self.session(), self.spec or self.validate_model()
+    def make_plan(self) -> planning.Plan:
+        cfg, spec = self.cfg, self.resolve_model()
+        spark = self.open_session()
         t0 = time.monotonic()
-        inp, out = TableRef(cfg.input), TableRef(cfg.output)
+        inp = TableRef(cfg.input)
         if not inp.exists(spark):
             raise ConfigError(f"input={cfg.input!r}: not an existing Delta table")
         version = inp.version(spark)
@@ -128,7 +140,7 @@ class ScoringJob:
                 raise ConfigError(
                     f"config field 'text_col'={cfg.text_col!r}: no such column in input (columns: {cols})"
                 )
-            self.input_expr: str | list[str] = cfg.text_col
+            self.input_expr = cfg.text_col
             hashed = [cfg.id_col, cfg.text_col]
         else:
             missing = [c for c in task_cols if c not in cols]
@@ -146,22 +158,20 @@ class ScoringJob:
         tag = ""
         if bucketed:
             unit_cols = [BUCKET_COLUMN]
-            df = df.withColumn(BUCKET_COLUMN, plan.bucket_expr(cfg.id_col, cfg.buckets))
+            df = df.withColumn(BUCKET_COLUMN, planning.bucket_expr(cfg.id_col, cfg.buckets))
             tag = f"b{cfg.buckets}:"
         self.unit_cols, self.input_df = unit_cols, df
         self.expected_schema = self._expected_schema(df, unit_cols)
         self.summary.input_version = version
-        units = plan.input_units(df, unit_cols, hashed, tag=tag)
+        units = planning.input_units(df, unit_cols, hashed, tag=tag)
         committed: dict = {}
-        if out.exists(spark):
-            dt = out.delta_table(spark)
-            existing = dt.toDF()
-            commit.check_compatible(existing.schema, out.partition_columns(spark), self.expected_schema,
-                                    unit_cols, out)
-            self.summary.output_version_before = out.version(spark)
-            committed = plan.output_units(existing, unit_cols)
-        pending, done, stale, orphaned = plan.decide(units, committed, spec.fingerprint, cfg.on_model_change)
-        self.plan = plan.Plan(tuple(unit_cols), bucketed, version, pending, done, stale, orphaned)
+        sink = self.sink
+        if sink.exists():
+            sink.check_compatible(self.expected_schema, unit_cols)
+            self.summary.output_version_before = sink.version()
+            committed = sink.committed_units(unit_cols)
+        pending, done, stale, orphaned = planning.decide(units, committed, spec.fingerprint, cfg.on_model_change)
+        self.plan = planning.Plan(tuple(unit_cols), bucketed, version, pending, done, stale, orphaned)
         self.summary.plan = self.plan.counts()
         self.summary.durations_s["plan"] = round(time.monotonic() - t0, 3)
         return self.plan
@@ -181,22 +191,22 @@ class ScoringJob:
         return StructType([*[StructField(f.name, f.dataType, True) for f in base.fields], *lineage_schema()])
 
     def score_and_commit(self) -> None:
-        cfg, spark, spec, p = self.cfg, self.session(), self.spec, self.plan
-        out = TableRef(cfg.output)
-        profile = scoring_profile(spark, cfg.gpus_per_task, cfg.cpus_per_task)  # fails before any write
-        commit.ensure_table(spark, out, self.expected_schema, list(self.unit_cols), cfg.change_data_feed)
-        base_version = out.version(spark)
+        cfg, _spark, spec, p, sink, caps = self.cfg, self.spark, self.spec, self.plan, self.sink, self.caps
+        profile = scoring_profile(caps, cfg.gpus_per_task, cfg.cpus_per_task)  # fails before any write
+        sink.ensure(self.expected_schema, list(self.unit_cols))
+        base_version = sink.version()
         if self.summary.output_version_before is None:
             self.summary.output_version_before = base_version
-        parallelism = cfg.score_partitions or spark.sparkContext.defaultParallelism
-        acc = new_metrics_accumulator(spark)
+        parallelism = cfg.score_partitions or caps.default_parallelism()
+        acc = caps.counters_accumulator()
         lock = threading.Lock()
         conflict: list[BaseException] = []
 
-        def score_unit(unit: plan.Unit, reason: str) -> None:
+        def score_unit(unit: planning.Unit, reason: str) -> None:
             label = unit.label(self.unit_cols)
-            where = plan.unit_filter(self.unit_cols, unit)
+            where = planning.unit_filter(self.unit_cols, unit)
             t0 = time.monotonic()
+            caps.tag_current_thread(self.tag)
             try:
                 if conflict or self.stop_requested.is_set():
                     return  # a concurrent writer or a stop request: start no new work
@@ -204,8 +214,8 @@ class ScoringJob:
                 if parallelism > 1 and unit.rows > 1:
                     src = src.repartition(min(parallelism, unit.rows))
                 scored = predict_frame(
-                    src, self.input_expr, spec=spec, profile=profile, keys=self.keys, output_col=cfg.prediction_col,
-                    metrics=acc, **cfg.runtime_options().model_dump(),
+                    src, self.input_expr, spec=spec, runtime=cfg.runtime, profile=profile, keys=self.keys,
+                    output_col=cfg.prediction_col, metrics=acc,
                 )
                 scored = scored.select(
                     *scored.columns,
@@ -217,21 +227,23 @@ class ScoringJob:
                     F.lit(unit.state).alias("input_state"),
                     F.current_timestamp().alias("scored_at"),
                 ).select(*[f.name for f in self.expected_schema.fields])
-                commit.write_unit(scored, out, where, commit.txn_app_id(out, label), base_version + 1)
+                sink.write_units(scored, where, label, base_version)
             except Exception as exc:  # noqa: BLE001 - one unit's failure must not lose the others
-                if _is_concurrency_error(exc):
+                if sink.is_conflict(exc):
                     conflict.append(exc)
                     return
                 if self.stop_requested.is_set():
                     with lock:
                         self.summary.units_abandoned.append(label)
-                    emit("unit_abandoned", unit=label, reason="stop_requested")
+                    event("unit_abandoned", unit=label, reason="stop_requested")
                     return
                 msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 with lock:
                     self.summary.units_failed[label] = msg[:2000]
-                emit("unit_failed", unit=label, reason=reason, error=msg[:300])
+                event("unit_failed", unit=label, reason=reason, error=msg[:300])
                 return
+            finally:
+                caps.untag_current_thread(self.tag)
             with lock:
                 self.summary.units_committed.append(label)
                 self.summary.rows_scored += unit.rows
@@ -257,29 +269,8 @@ class ScoringJob:
             raise ConcurrentRunError(
                 f"another run wrote to {cfg.output} concurrently; committed units are kept, rerun to finish"
             ) from conflict[0]
-        counters = dict(acc.value) if acc is not None else {}
+        counters: dict[str, Any] = dict(acc.value) if acc is not None else {}
         self.summary.counters = {k: v for k, v in counters.items() if not k.startswith(PLACEMENT_PREFIX)}
         self.summary.placement = sorted(k[len(PLACEMENT_PREFIX):] for k in counters if k.startswith(PLACEMENT_PREFIX))
         self.summary.durations_s["score_commit"] = round(time.monotonic() - t_all, 3)
-        self.summary.output_version_after = out.version(spark)
-
-
-def run_job(config, spark: SparkSession | None = None, **overrides) -> RunSummary:
-    """Run the scoring job from Python (notebooks, orchestrators) and return its record.
-
-    `config`: a JobConfig, a dict of config fields, or a path to a YAML/TOML file; `overrides` win.
-    The active session (Databricks, a notebook) is used when `spark` is not given. Never raises for
-    job failures: look at `summary.status` / `summary.exit_code` (the CLI's exit codes).
-    """
-    from spark_infer.cli import EXIT_CONFIG, execute
-    from spark_infer.config import build_config
-
-    def make_config() -> JobConfig:
-        if isinstance(config, JobConfig):
-            return build_config(overrides={**config.model_dump(), **overrides})
-        if isinstance(config, str):
-            return build_config(config, overrides)
-        return build_config(overrides={**dict(config), **overrides})
-
-    code, summary = execute(make_config, spark=spark)
-    return summary or RunSummary(run_id="", job_name="", status="failed", exit_code=code or EXIT_CONFIG)
+        self.summary.output_version_after = sink.version()

@@ -12,9 +12,9 @@ import os
 import subprocess
 import sys
 
-from pyspark.sql import SparkSession
-
-from spark_infer.session import DELTA_CONFS, DELTA_JARS_ENV, DELTA_PACKAGE
+from spark_infer.delta_jars import delta_flags
+from spark_infer.log import event
+from spark_infer.sessions import SessionCapabilities
 
 RELAUNCH_ENV = "SPARK_INFER_RELAUNCHED"
 _SKIP_CONFS = {
@@ -30,17 +30,10 @@ def under_spark_submit() -> bool:
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT")) and "DATABRICKS_RUNTIME_VERSION" not in os.environ
 
 
-def delta_flags(delta_jars: str | None = None) -> list[str]:
-    jars = delta_jars or os.environ.get(DELTA_JARS_ENV)
-    flags = ["--jars", jars] if jars else ["--packages", DELTA_PACKAGE]
-    for k, v in DELTA_CONFS.items():
-        flags += ["--conf", f"{k}={v}"]
-    return flags
-
-
-def relaunch_command(spark: SparkSession, script: str, args: list[str], delta_jars: str | None = None) -> list[str]:
+def relaunch_command(caps: SessionCapabilities, script: str, args: list[str],
+                     delta_jars: str | None = None) -> list[str]:
     """The spark-submit command line that reruns `script args` with Delta added."""
-    conf = dict(spark.sparkContext.getConf().getAll())
+    conf = caps.conf_items()
     spark_home = os.environ.get("SPARK_HOME")
     submit = os.path.join(spark_home, "bin", "spark-submit") if spark_home else "spark-submit"
     cmd = [submit, "--master", conf.get("spark.master", "local[*]")]
@@ -69,13 +62,12 @@ def relaunch_command(spark: SparkSession, script: str, args: list[str], delta_ja
     return [*cmd, os.path.abspath(script), *args]
 
 
-def relaunch_with_delta(spark: SparkSession, args: list[str], delta_jars: str | None = None) -> int:
+def relaunch_with_delta(caps: SessionCapabilities, args: list[str], delta_jars: str | None = None) -> int:
     """Stop this session, rerun the job under spark-submit with Delta, return its exit code."""
-    cmd = relaunch_command(spark, sys.argv[0], args, delta_jars)
-    spark.stop()
+    cmd = relaunch_command(caps, sys.argv[0], args, delta_jars)
+    caps.spark.stop()
     env = dict(os.environ, **{RELAUNCH_ENV: "1"})
     for k in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
         env.pop(k, None)
-    print("event=relaunch reason=delta_missing flags=" + " ".join(delta_flags(delta_jars)), file=sys.stderr,
-          flush=True)
+    event("relaunch", reason="delta_missing", flags=" ".join(delta_flags(delta_jars)))
     return subprocess.call(cmd, env=env)

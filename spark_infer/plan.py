@@ -3,7 +3,8 @@
 A unit is a partition value of the input (or an id bucket for an unpartitioned input). Its input
 state is a content fingerprint computed by Spark in one pass: row count + an order-independent sum of
 xxhash64 over the id and input columns; a rewritten partition with different rows gets a new state.
-`decide` is a pure function (easy to test); `input_units`/`output_units` do the Spark reads.
+`decide` is a pure function (easy to test); `input_units` does the Spark read (the output side's
+committed units come from the sink).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from spark_infer.sinks.base import Committed
 from spark_infer.tables import predicate
 
 
@@ -28,15 +30,6 @@ class Unit:
 
     def label(self, columns: Sequence[str]) -> str:
         return ",".join(f"{c}={v}" for c, v in zip(columns, self.values, strict=True))
-
-
-@dataclass(frozen=True)
-class Committed:
-    """What the output holds for a unit."""
-
-    state: str | None  # None when rows disagree (never left by spark-infer itself)
-    fingerprint: str | None
-    rows: int
 
 
 @dataclass
@@ -110,27 +103,6 @@ def input_units(df: DataFrame, unit_cols: Sequence[str], hashed_cols: Sequence[s
         Unit(values=tuple(r[c] for c in unit_cols), rows=int(r["n"]), state=f"{tag}{r['n']}:{r['h']}")
         for r in rows
     ]
-
-
-def output_units(df: DataFrame, unit_cols: Sequence[str]) -> dict[tuple[Any, ...], Committed]:
-    rows = (
-        df.groupBy(*unit_cols)
-        .agg(
-            F.min("input_state").alias("s0"), F.max("input_state").alias("s1"),
-            F.min("model_fingerprint").alias("f0"), F.max("model_fingerprint").alias("f1"),
-            F.count(F.lit(1)).alias("n"),
-        )
-        .collect()
-    )
-    out = {}
-    for r in rows:
-        key = tuple(r[c] for c in unit_cols)
-        out[key] = Committed(
-            state=r["s0"] if r["s0"] == r["s1"] else None,
-            fingerprint=r["f0"] if r["f0"] == r["f1"] else None,
-            rows=int(r["n"]),
-        )
-    return out
 
 
 def unit_filter(unit_cols: Sequence[str], unit: Unit) -> str:

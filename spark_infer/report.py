@@ -1,45 +1,20 @@
-"""Report: progress lines while running and the run summary at the end."""
+"""Report: the plan as text, progress lines while running, and the run summary at the end."""
 
 from __future__ import annotations
 
 import json
-import logging
-import re
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-log = logging.getLogger("spark_infer")
+from spark_infer.log import event
+from spark_infer.redact import redact, redact_value
 
-
-def kv(**fields: Any) -> str:
-    """key=value log line; values with spaces quoted."""
-    parts = []
-    for k, v in fields.items():
-        if isinstance(v, float):
-            v = f"{v:.2f}"
-        s = str(v)
-        if " " in s or "=" in s or not s:
-            s = json.dumps(s)
-        parts.append(f"{k}={s}")
-    return " ".join(parts)
-
-
-_URI_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-
-
-def redact_text(text: str) -> str:
-    """Remove credentials embedded in URIs (scheme://user:secret@host)."""
-    return _URI_USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
-
-
-def emit(event: str, **fields: Any) -> None:
-    """One structured log line on stderr: event=... key=value ..."""
-    print(redact_text(kv(event=event, **fields)), file=sys.stderr, flush=True)
-
+if TYPE_CHECKING:
+    from spark_infer.plan import Plan
 
 @dataclass
 class RunSummary:
@@ -72,7 +47,7 @@ class RunSummary:
     ended_at: str = ""
 
     def to_json(self) -> str:
-        return redact_text(json.dumps(asdict(self), indent=2, default=str))
+        return json.dumps(redact_value(asdict(self)), indent=2, default=str)
 
     def record(self) -> dict[str, Any]:
         """The flat row appended to the runs table."""
@@ -80,8 +55,8 @@ class RunSummary:
         c = self.counters
         return {
             "run_id": self.run_id, "job_name": self.job_name, "status": self.status,
-            "exit_code": self.exit_code, "input": redact_text(self.input), "output": redact_text(self.output),
-            "task": self.task, "model": redact_text(self.model), "model_fingerprint": self.model_fingerprint,
+            "exit_code": self.exit_code, "input": redact(self.input), "output": redact(self.output),
+            "task": self.task, "model": redact(self.model), "model_fingerprint": self.model_fingerprint,
             "config_hash": self.config_hash, "input_version": self.input_version,
             "output_version_before": self.output_version_before, "output_version_after": self.output_version_after,
             "units_planned": p.get("units_pending", 0), "units_scored": len(self.units_committed),
@@ -89,31 +64,9 @@ class RunSummary:
             "units_failed": len(self.units_failed), "rows": self.rows_scored,
             "error_rows": c.get("error_rows", 0), "tokens": c.get("tokens", 0),
             "durations_json": json.dumps(self.durations_s, sort_keys=True),
-            "error": redact_text(self.error) if self.error else None,
+            "error": redact(self.error) if self.error else None,
             "started_at": self.started_at, "ended_at": self.ended_at,
         }
-
-
-RUNS_SCHEMA = (
-    "run_id string, job_name string, status string, exit_code int, input string, output string, task string, "
-    "model string, model_fingerprint string, config_hash string, input_version long, "
-    "output_version_before long, output_version_after long, units_planned int, units_scored int, "
-    "units_skipped int, units_failed int, rows long, error_rows long, tokens long, durations_json string, "
-    "error string, started_at string, ended_at string"
-)
-
-
-def append_run_record(spark, runs_table: str, summary: RunSummary) -> None:
-    """Append the run's row to the Delta runs table (created on first use)."""
-    from spark_infer.tables import TableRef
-
-    ref = TableRef(runs_table)
-    df = spark.createDataFrame([summary.record()], RUNS_SCHEMA)
-    w = df.write.format("delta").mode("append").option("delta.enableDeletionVectors", "false")
-    if ref.is_path:
-        w.save(ref.location)
-    else:
-        w.saveAsTable(ref.ref)
 
 
 class Progress:
@@ -192,7 +145,7 @@ class Progress:
         while not self._stop.wait(self.interval_s):
             with self._lock:
                 rows = self._rows()
-                emit("progress", **self._fields(rows))
+                event("progress", **self._fields(rows))
                 self._update_bar(rows)
 
     def _update_bar(self, rows: int) -> None:
@@ -203,5 +156,30 @@ class Progress:
         with self._lock:
             self.units_done += 1
             self.rows_done += rows
-            emit("unit_" + status, unit=label, rows=rows, unit_s=seconds, **self._fields(self.rows_done))
+            event("unit_" + status, unit=label, rows=rows, unit_s=seconds, **self._fields(self.rows_done))
             self._update_bar(self.rows_done)
+
+
+def format_plan(plan: Plan, input_ref: str, id_col: str, max_lines: int | None = None) -> str:
+    """The plan as printed by `--dry-run` (and before a run): one line per unit, then the counts.
+
+    With `max_lines`, units beyond it are summarised in one line per kind (a backfill of thousands
+    of partitions should not print thousands of lines before it starts).
+    """
+    cols = list(plan.unit_columns)
+    units = "buckets of " + id_col if plan.bucketed else ",".join(cols)
+    lines = [f"plan: input={input_ref} version={plan.input_version} units={units}"]
+    rows: list[tuple[str, str]] = []
+    rows += [("pending", f"  pending  {reason:<13} {u.label(cols):<40} rows={u.rows}") for u, reason in plan.pending]
+    rows += [("done", f"  done     {'':<13} {u.label(cols):<40} rows={u.rows}") for u in plan.done]
+    rows += [("kept", f"  kept     {'old model':<13} {u.label(cols):<40} rows={u.rows}") for u in plan.stale_model]
+    rows += [("orphaned", f"  orphaned {'not in input':<13} "
+              + ",".join(f"{c}={v}" for c, v in zip(cols, k, strict=True))) for k in plan.orphaned]
+    shown = rows if max_lines is None else rows[:max_lines]
+    lines += [line for _, line in shown]
+    hidden: dict[str, int] = {}
+    for kind, _ in rows[len(shown):]:
+        hidden[kind] = hidden.get(kind, 0) + 1
+    lines += [f"  ... {n} more {kind}" for kind, n in hidden.items()]
+    lines.append("plan: " + " ".join(f"{k}={v}" for k, v in plan.counts().items()))
+    return redact("\n".join(lines))

@@ -7,25 +7,22 @@ without them. Task-only profiles work without dynamic allocation on standalone, 
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
-from pyspark.sql import SparkSession
-
-log = logging.getLogger("spark_infer")
+from spark_infer.log import event
+from spark_infer.sessions import SessionCapabilities
 
 DISCOVERY_SCRIPT = os.path.join(os.path.dirname(__file__), "resources_data", "get_gpus_resources.sh")
 
 
-def scoring_profile(spark: SparkSession, gpus_per_task: float | None, cpus_per_task: int | None):
+def scoring_profile(caps: SessionCapabilities, gpus_per_task: float | None, cpus_per_task: int | None):
     """A ResourceProfile with the task's GPU/CPU request, or None where none can or need apply."""
     if not gpus_per_task and not cpus_per_task:
         return None
-    master = spark.sparkContext.master or ""
+    master = caps.master
     if master.startswith("local") and not master.startswith("local-cluster"):
-        print(f"event=resource_profile_skipped master={master} reason=local_masters_cannot_schedule_gpus "
-              f"gpus_per_task={gpus_per_task} cpus_per_task={cpus_per_task}", file=sys.stderr, flush=True)
+        event("resource_profile_skipped", master=master, reason="local_masters_cannot_schedule_gpus",
+              gpus_per_task=gpus_per_task, cpus_per_task=cpus_per_task)
         return None
     from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
 

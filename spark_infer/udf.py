@@ -2,7 +2,8 @@
 
 Both are thin: they read the task's resources (GPU address, CPU share), take the model from the
 per-process cache and hand Arrow batches to the runtime. Worker counters (rows, tokens, errors,
-OOM backoffs, model loads) come back to the driver through a Spark accumulator.
+OOM backoffs, model loads) come back to the driver through the session (an accumulator on classic
+sessions).
 """
 
 from __future__ import annotations
@@ -12,38 +13,52 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
-from pyspark import AccumulatorParam
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StringType, StructField, StructType
 
+from spark_infer.errors import ConfigError
 from spark_infer.runtime import score_stream
 from spark_infer.runtime.metrics import new_counters
-from spark_infer.runtime.spec import (
-    ModelSpec,
-    RuntimeOptions,
-    make_runtime_options,
-    make_spec,
-    split_options,
-)
+from spark_infer.runtime.options import RuntimeOptions
+from spark_infer.runtime.spec import ModelSpec, make_spec
+
+#: the column predict_frame hands to the scoring function
+_INPUT = "__spark_infer_input"
 
 
-class _CountersParam(AccumulatorParam):
-    def zero(self, value: dict[str, int]) -> dict[str, int]:
-        return {}
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(runtime options, task options) of one flat keyword dict."""
+    rt = RuntimeOptions.fields()
+    return {k: v for k, v in options.items() if k in rt}, {k: v for k, v in options.items() if k not in rt}
 
-    def addInPlace(self, a: dict[str, int], b: dict[str, int]) -> dict[str, int]:  # noqa: N802
-        for k, v in b.items():
-            a[k] = a.get(k, 0) + v
-        return a
+
+def _spec_and_runtime(task: str, model: str | None, spec: ModelSpec | None, runtime: RuntimeOptions | None,
+                      options: dict[str, Any]) -> tuple[ModelSpec, RuntimeOptions]:
+    """One ModelSpec and one RuntimeOptions from whatever form the caller used; options that cannot
+    apply (task options beside a ready spec, runtime options beside a ready RuntimeOptions) raise."""
+    rt_opts, task_opts = _split_options(options)
+    if runtime is not None and rt_opts:
+        raise ConfigError(f"runtime options {sorted(rt_opts)} given beside runtime=: put them in the RuntimeOptions")
+    if spec is not None:
+        if task_opts or model is not None:
+            given = sorted(task_opts) + (["model"] if model is not None else [])
+            raise ConfigError(f"{given} given beside spec=: the spec already fixes the model and its task options")
+    else:
+        spec = make_spec(task, model, **task_opts)
+    return spec, runtime if runtime is not None else RuntimeOptions.build(**rt_opts)
 
 
 def new_metrics_accumulator(spark: SparkSession | None = None):
-    """A driver-side accumulator of worker counters (dict name -> int)."""
+    """An accumulator of worker counters for `predict_frame(metrics=...)` (classic sessions), or None."""
+    return _counters_accumulator(spark)
+
+
+def _counters_accumulator(spark: SparkSession | None):
+    from spark_infer.sessions import capabilities
+
     spark = spark or SparkSession.getActiveSession()
-    if spark is None:
-        return None
-    return spark.sparkContext.accumulator({}, _CountersParam())
+    return capabilities(spark).counters_accumulator() if spark is not None else None
 
 
 def _flush(counters: Counter[str], acc) -> None:
@@ -51,26 +66,24 @@ def _flush(counters: Counter[str], acc) -> None:
         acc.add({k: v for k, v in counters.items() if v})
 
 
-def _build(task: str, model: str | None, options: dict[str, Any]) -> tuple[ModelSpec, RuntimeOptions]:
-    rt, task_opts = split_options(options)
-    return make_spec(task, model, **task_opts), make_runtime_options(**rt)
-
-
 def predict_udf(
     task: str = "embed",
+    *,
     model: str | None = None,
     batch_size: int = 64,
     max_length: int | None = None,
-    *,
     return_error: bool = False,
     **options: Any,
 ):
     """A Spark UDF scoring one input column with a model loaded once per Python worker and device.
 
+        embed = predict_udf("embed")                            # packaged all-MiniLM-L6-v2
+        df.withColumn("embedding", embed("text"))
+
     Args:
-        task: a registered task name ("embed", "classify", ...).
-        model: local model folder, Hugging Face model id (from the local cache), or None for the
-            packaged all-MiniLM-L6-v2.
+        task: a registered task name ("embed", "classify", "generate", "zero_shot", "custom").
+        model: a model reference (local folder, Hugging Face id, ...), or None for the packaged
+            all-MiniLM-L6-v2.
         batch_size: max rows per model call (micro-batch); the Arrow batch size is Spark's
             `spark.sql.execution.arrow.maxRecordsPerBatch`.
         max_length: truncate inputs to this many tokens (default: the model's own limit).
@@ -84,9 +97,9 @@ def predict_udf(
 
     if max_length is not None:
         options["max_length"] = max_length
-    spec, runtime = _build(task, model, dict(options, batch_size=batch_size))
+    spec, runtime = _spec_and_runtime(task, model, None, None, dict(options, batch_size=batch_size))
     out_type = spec.output_type()
-    acc = new_metrics_accumulator()
+    acc = _counters_accumulator(None)
 
     def _score(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         counters = new_counters()
@@ -122,29 +135,30 @@ def predict_frame(
     df: DataFrame,
     input_col: str | Column | Sequence[str] | None,
     task: str = "embed",
-    model: str | None = None,
     *,
+    model: str | None = None,
     keys: Sequence[str] = (),
     output_col: str = "prediction",
     profile=None,
     metrics=None,
     spec: ModelSpec | None = None,
+    runtime: RuntimeOptions | None = None,
     **options: Any,
 ) -> DataFrame:
     """Score a whole DataFrame through `mapInArrow`: returns `keys` + `output_col` + `error`.
 
+        scored = predict_frame(df, "text", "embed", keys=["id"], max_length=256)
+        scored.write.format("delta").save("/data/emb")
+
     This is the path that can carry a ResourceProfile (stage-level scheduling: GPUs for the scoring
-    stage only). `metrics` is an accumulator from `new_metrics_accumulator()` to collect counters.
+    stage only). Give either `task` + `model` + task options, or a ready `spec`; runtime options
+    as keywords or as one `runtime` object. `metrics`: an accumulator to collect worker counters.
     """
-    if spec is None:
-        spec, runtime = _build(task, model, options)
-    else:
-        runtime = make_runtime_options(**split_options(options)[0])
-    input_name = "__spark_infer_input"
+    spec, runtime = _spec_and_runtime(task, model, spec, runtime, options)
     if input_col is None:
         input_col = spec.input_columns()
         if input_col is None:
-            raise ValueError(f"task {spec.task!r} needs an input column")
+            raise ConfigError(f"task {spec.task!r} needs an input column")
     if isinstance(input_col, str):
         expr = df[input_col]
     elif isinstance(input_col, Column):
@@ -153,7 +167,7 @@ def predict_frame(
         from pyspark.sql import functions as F
 
         expr = F.struct(*[df[c] for c in input_col])
-    src = df.select(*keys, expr.alias(input_name))
+    src = df.select(*keys, expr.alias(_INPUT))
     key_fields = [src.schema[k] for k in keys]
     schema = output_schema(spec, key_fields, output_col)
     out_fields = [pa.field(output_col, spec.output_type()), pa.field("error", pa.string())]
@@ -165,7 +179,7 @@ def predict_frame(
         def inputs():
             for b in batches:
                 pending.append(b)
-                yield b.column(input_name).to_pylist()
+                yield b.column(_INPUT).to_pylist()
 
         try:
             for out, err in score_stream(spec, runtime, inputs(), counters):
@@ -180,4 +194,3 @@ def predict_frame(
     return src.mapInArrow(_score, schema, profile=profile) if profile is not None else src.mapInArrow(
         _score, schema
     )
-

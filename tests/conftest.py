@@ -17,7 +17,7 @@ from tiny_models import make_tiny_bert, make_tiny_classifier  # noqa: E402
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from spark_infer.session import build_session
+    from spark_infer.sessions import build_session
 
     s = build_session(
         "spark-infer-tests",

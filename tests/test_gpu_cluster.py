@@ -26,7 +26,7 @@ from cluster import MARKER_ENV, QUICK_JVM_OPTS, cluster_fixture, kill_marked, ma
 from jobutil import ROOT, kill_group, rows_for, summary, wait_for
 from jobutil import env as job_env
 
-from spark_infer.cli import EXIT_OK
+from spark_infer.run import ExitCode
 from spark_infer.resources import DISCOVERY_SCRIPT
 
 CATEGORIES = ["books", "music", "garden", "toys", "tools", "games"]
@@ -95,7 +95,7 @@ def local_reference(units_input, tiny_bert, job_config, tmp_path_factory) -> str
                        marker)
     finally:
         kill_marked(marker)
-    assert r.returncode == EXIT_OK, r.stdout[-6000:]
+    assert r.returncode == ExitCode.OK, r.stdout[-6000:]
     return out
 
 
@@ -208,7 +208,7 @@ def run_and_check(master: str, marker: str, units_input: str, tiny_bert: str, jo
     out, js = str(tmp_path / "out"), str(tmp_path / "s.json")
     t0 = time.monotonic()
     r = run_driver(score_cmd(master, units_input, out, tiny_bert, job_config, js, *extra), marker, timeout)
-    assert r.returncode == EXIT_OK, r.stdout[-6000:]
+    assert r.returncode == ExitCode.OK, r.stdout[-6000:]
     s = summary(js)
     print(f"{master}: job took {time.monotonic() - t0:.1f}s; durations {s['durations_s']}")
     print("\n".join(ln for ln in r.stdout.splitlines() if ln.startswith(("event=unit_committed", "event=run_end"))))

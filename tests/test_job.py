@@ -10,7 +10,8 @@ import pytest
 from chispa import assert_df_equality
 from jobutil import rows_for, summary
 
-from spark_infer.cli import EXIT_CONFIG, EXIT_OK, run_score
+from spark_infer.cli import run_score
+from spark_infer.run import ExitCode
 from spark_infer.runtime import RuntimeOptions, make_spec, score_stream
 
 SCHEMA = "id long, category string, text string"
@@ -48,7 +49,7 @@ def tables(spark, tmp_path):
 def test_first_run_scores_everything_and_rerun_commits_nothing(spark, tmp_path, tables, tiny_bert):
     inp, out, rows = tables
     code, s = job(tmp_path, inp, out, "--model", tiny_bert)
-    assert code == EXIT_OK, s
+    assert code == ExitCode.OK, s
     assert s["status"] == "succeeded"
     assert sorted(s["units_committed"]) == ["category=books", "category=garden", "category=music"]
     assert s["rows_scored"] == len(rows) == s["counters"]["rows"]
@@ -73,20 +74,20 @@ def test_first_run_scores_everything_and_rerun_commits_nothing(spark, tmp_path, 
 
     v = out_version(spark, out)
     code, s2 = job(tmp_path, inp, out, "--model", tiny_bert, name="s2.json")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert s2["units_committed"] == [] and s2["plan"]["units_done"] == 3 and s2["rows_scored"] == 0
     assert out_version(spark, out) == v  # a finished job rerun commits nothing
 
 
 def test_new_partition_only_is_scored_and_rewrite_is_rescored(spark, tmp_path, tables, tiny_bert):
     inp, out, rows = tables
-    assert job(tmp_path, inp, out, "--model", tiny_bert)[0] == EXIT_OK
+    assert job(tmp_path, inp, out, "--model", tiny_bert)[0] == ExitCode.OK
     before = {r.id: r.run_id for r in spark.read.format("delta").load(out).collect()}
 
     new = rows_for("toys", 300, 12)
     write_input(spark, inp, new, mode="append")
     code, s = job(tmp_path, inp, out, "--model", tiny_bert, name="s2.json")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert s["units_committed"] == ["category=toys"]
     assert s["rows_scored"] == 12 and s["counters"]["rows"] == 12
     res = spark.read.format("delta").load(out)
@@ -98,7 +99,7 @@ def test_new_partition_only_is_scored_and_rewrite_is_rescored(spark, tmp_path, t
     rewritten = rows_for("music", 100, 19, variant="remastered")
     write_input(spark, inp, rewritten, where="category = 'music'")
     code, s = job(tmp_path, inp, out, "--model", tiny_bert, name="s3.json")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert s["units_committed"] == ["category=music"] and s["plan"]["units_changed"] == 1
     res = spark.read.format("delta").load(out)
     music = res.where("category = 'music'")
@@ -109,13 +110,13 @@ def test_new_partition_only_is_scored_and_rewrite_is_rescored(spark, tmp_path, t
 
 def test_changed_model_rescores_everything_unless_new_only(spark, tmp_path, tables, tiny_bert):
     inp, out, rows = tables
-    assert job(tmp_path, inp, out, "--model", tiny_bert)[0] == EXIT_OK
+    assert job(tmp_path, inp, out, "--model", tiny_bert)[0] == ExitCode.OK
     # a task option that changes outputs changes the fingerprint
     code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--option", "pooling=cls", "--on-model-change",
                   "new_only", name="s2.json")
-    assert code == EXIT_OK and s["units_committed"] == [] and s["plan"]["units_kept_old_model"] == 3
+    assert code == ExitCode.OK and s["units_committed"] == [] and s["plan"]["units_kept_old_model"] == 3
     code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--option", "pooling=cls", name="s3.json")
-    assert code == EXIT_OK and s["plan"]["units_model_changed"] == 3 and len(s["units_committed"]) == 3
+    assert code == ExitCode.OK and s["plan"]["units_model_changed"] == 3 and len(s["units_committed"]) == 3
     fps = spark.read.format("delta").load(out).select("model_fingerprint").distinct().collect()
     assert [r[0] for r in fps] == [s["model_fingerprint"]]
 
@@ -125,21 +126,21 @@ def test_unpartitioned_input_is_split_into_id_buckets(spark, tmp_path, tiny_bert
     rows = rows_for("books", 0, 40)
     write_input(spark, inp, rows, partitioned=False)
     code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--buckets", "4")
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert s["plan"]["units_total"] == 4 and len(s["units_committed"]) == 4
     res = spark.read.format("delta").load(out)
     assert res.count() == 40 and "bucket" in res.columns
     # rerun with one more row: only its bucket changes
     write_input(spark, inp, [(999, "books", "a brand new row")], mode="append", partitioned=False)
     code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--buckets", "4", name="s2.json")
-    assert code == EXIT_OK and len(s["units_committed"]) == 1 and s["plan"]["units_done"] == 3
+    assert code == ExitCode.OK and len(s["units_committed"]) == 1 and s["plan"]["units_done"] == 3
     assert spark.read.format("delta").load(out).count() == 41
 
 
 def test_dry_run_prints_plan_and_writes_nothing(spark, tmp_path, tables, tiny_bert, capsys):
     inp, out, rows = tables
     code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--dry-run")
-    assert code == EXIT_OK and s["status"] == "dry_run"
+    assert code == ExitCode.OK and s["status"] == "dry_run"
     printed = capsys.readouterr().out
     assert "pending  new" in printed and "category=music" in printed and "rows=20" in printed
     assert not os.path.exists(out)
@@ -148,7 +149,7 @@ def test_dry_run_prints_plan_and_writes_nothing(spark, tmp_path, tables, tiny_be
 def _assert_config_error(tmp_path, capsys, args, *needles, out=None):
     code = run_score(args)
     err = capsys.readouterr().err
-    assert code == EXIT_CONFIG, err
+    assert code == ExitCode.CONFIG, err
     for n in needles:
         assert n in err, err
     if out is not None:
@@ -181,7 +182,7 @@ def test_bad_configuration_is_named_and_writes_nothing(spark, tmp_path, tables, 
     v = out_version(spark, out)
     code = run_score(base)
     err = capsys.readouterr().err
-    assert code == EXIT_CONFIG and "existing table does not match" in err and "embedding" in err
+    assert code == ExitCode.CONFIG and "existing table does not match" in err and "embedding" in err
     assert out_version(spark, out) == v
 
 
@@ -195,7 +196,7 @@ def test_delta_rs_written_input_and_delta_rs_readable_output(spark, tmp_path, ti
                     "category": [r[1] for r in rows], "text": [r[2] for r in rows]})
     write_deltalake(inp, tbl, partition_by=["category"])
     code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--change-data-feed")
-    assert code == EXIT_OK and len(s["units_committed"]) == 2
+    assert code == ExitCode.OK and len(s["units_committed"]) == 2
     via_rs = DeltaTable(out).to_pyarrow_table().to_pandas().sort_values("id").reset_index(drop=True)
     via_spark = spark.read.format("delta").load(out).toPandas().sort_values("id").reset_index(drop=True)
     assert list(via_rs["id"]) == list(via_spark["id"]) == sorted(r[0] for r in rows)
@@ -221,7 +222,7 @@ def test_config_file_and_flags_override(spark, tmp_path, tables, tiny_bert):
                                "batch_size": 8, "job_name": "from-file"}))
     js = str(tmp_path / "s.json")
     code = run_score(["--config", str(cfg), "--output", out, "--summary-json", js])
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     s = summary(js)
     assert s["output"] == out and s["job_name"] == "from-file"
     assert spark.read.format("delta").load(out).count() == len(rows)
@@ -232,11 +233,11 @@ def test_catalog_table_names_for_input_and_output(spark, tmp_path, tiny_bert):
     spark.createDataFrame(rows, SCHEMA).write.format("delta").partitionBy("category").saveAsTable("cat_in")
     try:
         code, s = job(tmp_path, "cat_in", "cat_out", "--model", tiny_bert)
-        assert code == EXIT_OK and len(s["units_committed"]) == 2
+        assert code == ExitCode.OK and len(s["units_committed"]) == 2
         assert spark.table("cat_out").count() == len(rows)
         assert spark.table("cat_out_runs").count() == 1
         code, s = job(tmp_path, "cat_in", "cat_out", "--model", tiny_bert, name="s2.json")
-        assert code == EXIT_OK and s["units_committed"] == []
+        assert code == ExitCode.OK and s["units_committed"] == []
         assert spark.table("cat_out").count() == len(rows)
     finally:
         for t in ("cat_in", "cat_out", "cat_out_runs"):

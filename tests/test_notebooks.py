@@ -28,8 +28,8 @@ def cells(source: str) -> list[str]:
     return [c.strip("\n") for c in SEPARATOR.split(source.removeprefix(HEADER + "\n"))]
 
 
-def shim_cell(source: str) -> str:
-    (cell,) = [c for c in cells(source) if "except NameError" in c]
+def import_cell(source: str) -> str:
+    (cell,) = [c for c in cells(source) if "from spark_infer.notebook import" in c]
     return cell
 
 
@@ -46,25 +46,30 @@ def test_notebook_is_databricks_source_that_compiles_and_uses_widgets(path):
     parts = cells(src)
     assert len(parts) >= 4 and all(parts)
     assert parts[0].startswith("# MAGIC %md")  # a markdown cell first
-    assert re.search(r"dbutils\.widgets\.(text|dropdown)\(", src)
-    assert "dbutils.widgets.get(" in src
-    assert "run_score(" in src  # the library's job, no scoring logic of its own
-    declared = set(re.findall(r"dbutils\.widgets\.(?:text|dropdown)\(\"(\w+)\"", src))
-    read_names = set(re.findall(r"dbutils\.widgets\.get\([\"'](\w+)[\"']\)", src))
+    assert 'w = widgets(globals().get("dbutils"))' in src  # dbutils.widgets on Databricks
+    assert re.search(r"\bw\.(text|dropdown)\(", src)
+    assert "w.get(" in src
+    assert "run_job(" in src  # the library's job, no scoring logic of its own
+    declared = set(re.findall(r"\bw\.(?:text|dropdown)\(\"(\w+)\"", src))
+    read_names = set(re.findall(r"\bw\.get\([\"'](\w+)[\"']\)", src))
     assert read_names <= declared, read_names - declared
     assert declared <= read_names, declared - read_names
 
 
-def test_widget_shim_is_identical_across_notebooks():
-    shims = {os.path.basename(p): shim_cell(read(p)) for p in NOTEBOOKS}
-    assert len(set(shims.values())) == 1, shims.keys()
+def test_notebooks_share_one_import_cell_and_define_no_widget_shim():
+    cells_by_nb = {os.path.basename(p): import_cell(read(p)) for p in NOTEBOOKS}
+    assert len(set(cells_by_nb.values())) == 1, cells_by_nb.keys()
+    for p in NOTEBOOKS:
+        assert "SimpleNamespace" not in read(p) and "os.environ.get(" not in read(p)
 
 
-def test_widget_shim_outside_databricks_reads_env_then_default(monkeypatch):
-    ns: dict = {"os": os}
-    exec("from types import SimpleNamespace\n" + shim_cell(read(NOTEBOOKS[0])), ns)
-    assert ns["ON_DATABRICKS"] is False
-    w = ns["dbutils"].widgets
+def test_widget_helper_outside_databricks_reads_env_then_default(monkeypatch):
+    from spark_infer.notebook import EnvWidgets, on_databricks, widgets
+
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    assert on_databricks(None) is False
+    w = widgets(None)
+    assert isinstance(w, EnvWidgets)
     w.text("output", "demo-output/x", "label")
     w.dropdown("device", "auto", ["auto", "cpu", "cuda"], "label")
     monkeypatch.delenv("SPARK_INFER_OUTPUT", raising=False)
@@ -75,14 +80,15 @@ def test_widget_shim_outside_databricks_reads_env_then_default(monkeypatch):
 
 def test_embeddings_notebook_enables_change_data_feed_for_vector_search():
     src = read(os.path.join(ROOT, "notebooks", "embeddings_to_delta.py"))
-    assert 'dbutils.widgets.dropdown("change_data_feed", "true"' in src
-    assert "--change-data-feed" in src and "Vector Search" in src and "delta-sync" in src
+    assert 'w.dropdown("change_data_feed", "true"' in src
+    assert '"change_data_feed": w.get("change_data_feed") == "true"' in src
+    assert "Vector Search" in src and "delta-sync" in src
 
 
 def test_summarization_notebook_uses_generate_with_prompt_options():
     src = read(os.path.join(ROOT, "notebooks", "summarization.py"))
-    assert '"--task", "generate"' in src
-    assert "prompt_template=" in src and "max_new_tokens=" in src
+    assert '"task": "generate"' in src
+    assert '"prompt_template": w.get("prompt_template")' in src and '"max_new_tokens": w.get(' in src
 
 
 def run_notebook(path: str, extra_env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:

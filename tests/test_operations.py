@@ -10,7 +10,8 @@ import signal
 import pytest
 from jobutil import cli_cmd, delta_versions, kill_group, rows_for, run, start, summary, wait_for
 
-from spark_infer.cli import EXIT_INTERRUPTED, EXIT_OK, run_score
+from spark_infer.cli import run_score
+from spark_infer.run import ExitCode
 
 SCHEMA = "id long, category string, text string"
 
@@ -35,7 +36,7 @@ def test_progress_lines_and_run_records_for_run_and_rerun(spark, tmp_path, table
     code = run_score(["--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js,
                       "--progress-interval", "0.2", "--concurrent-units", "1"])
     err = capsys.readouterr().err
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     commits = [ln for ln in err.splitlines() if ln.startswith("event=unit_committed")]
     assert len(commits) == 4
     pcts = [float(re.search(r"pct=([\d.]+)", ln).group(1)) for ln in commits]
@@ -52,7 +53,7 @@ def test_progress_lines_and_run_records_for_run_and_rerun(spark, tmp_path, table
     assert {"session_start", "plan", "score_commit", "total"} <= set(s["durations_s"])
 
     js2 = str(tmp_path / "run2.json")
-    assert run_score(["--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js2]) == EXIT_OK
+    assert run_score(["--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js2]) == ExitCode.OK
     s2 = summary(js2)
     assert s2["units_committed"] == [] and s2["plan"]["units_done"] == 4 and s2["rows_scored"] == 0
 
@@ -79,10 +80,10 @@ def test_sigterm_mid_run_exits_5_leaves_record_and_rerun_is_exact(spark, tmp_pat
     finally:
         kill_group(proc)
     text = open(log).read()
-    assert code == EXIT_INTERRUPTED, text[-3000:]
+    assert code == ExitCode.INTERRUPTED, text[-3000:]
     assert "event=signal name=SIGTERM" in text
     s = summary(js)
-    assert s["status"] == "interrupted" and s["exit_code"] == EXIT_INTERRUPTED
+    assert s["status"] == "interrupted" and s["exit_code"] == ExitCode.INTERRUPTED
     assert 1 <= len(s["units_committed"]) < 4
     recs = _runs(spark, out)
     assert recs[-1].run_id == s["run_id"] and recs[-1].status == "interrupted"

@@ -28,7 +28,7 @@ from spark_infer.runtime import (
 from spark_infer.runtime.batching import RowError, Runner
 from spark_infer.runtime.device import gpu_index
 from spark_infer.runtime.metrics import COUNTER_NAMES
-from spark_infer.runtime.spec import ConfigError
+from spark_infer.errors import ConfigError
 from spark_infer.tasks.base import Encoding, Task, TaskOptions
 
 # ------------------------------------------------------------------------------------------------

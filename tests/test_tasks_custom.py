@@ -13,10 +13,11 @@ import pyarrow as pa
 import pytest
 from jobutil import ROOT, summary
 
-from spark_infer.cli import EXIT_CONFIG, EXIT_OK, run_score
+from spark_infer.cli import run_score
+from spark_infer.run import ExitCode
 from spark_infer.runtime import ModelCache, RuntimeOptions, make_spec, open_runner
-from spark_infer.runtime.spec import ConfigError
-from spark_infer.tasks.custom import parse_ddl, to_arrow
+from spark_infer.errors import ConfigError
+from spark_infer.ddl import parse_ddl, to_arrow
 
 if ROOT not in sys.path:  # the driver imports examples.churn (workers get it with addPyFile below)
     sys.path.insert(0, ROOT)
@@ -180,7 +181,7 @@ def test_churn_example_end_to_end(spark, tmp_path, capsys):
         return code, summary(js)
 
     code, s = job("s1.json")
-    assert code == EXIT_OK, capsys.readouterr().err
+    assert code == ExitCode.OK, capsys.readouterr().err
     customers = spark.read.format("delta").load(inp).toPandas().sort_values("customer_id")
     regions = sorted(customers["region"].unique())
     assert sorted(s["units_committed"]) == [f"region={r}" for r in regions]
@@ -204,11 +205,11 @@ def test_churn_example_end_to_end(spark, tmp_path, capsys):
 
     version = DeltaTable.forPath(spark, out).history(1).first()["version"]
     code, s2 = job("s2.json")
-    assert code == EXIT_OK and s2["units_committed"] == [] and s2["rows_scored"] == 0
+    assert code == ExitCode.OK and s2["units_committed"] == [] and s2["rows_scored"] == 0
     assert DeltaTable.forPath(spark, out).history(1).first()["version"] == version  # rerun commits nothing
 
     # a column the predictor needs but the input lacks: exit 2 before scoring
     code = run_score(["--config", os.path.join(ROOT, "examples", "churn", "job.yaml"), "--input", inp,
                       "--output", str(tmp_path / "other"), "--model", model_dir, "--option",
                       'columns=["tenure_months","contract"]'])
-    assert code == EXIT_CONFIG and "['contract']" in capsys.readouterr().err
+    assert code == ExitCode.CONFIG and "['contract']" in capsys.readouterr().err

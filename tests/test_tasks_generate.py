@@ -13,9 +13,10 @@ import pytest
 from jobutil import rows_for, summary
 from tiny_models import WORDS, make_tiny_gpt2, make_tiny_t5
 
-from spark_infer.cli import EXIT_CONFIG, EXIT_OK, run_score
+from spark_infer.cli import run_score
+from spark_infer.run import ExitCode
 from spark_infer.runtime import ModelCache, RuntimeOptions, make_spec, open_runner, score_stream
-from spark_infer.runtime.spec import ConfigError
+from spark_infer.errors import ConfigError
 
 NEW = 8
 PROMPTS = [" ".join(WORDS[(i * 5 + 3 * k) % len(WORDS)] for k in range(1 + (i * 7) % 13)) for i in range(20)]
@@ -106,7 +107,7 @@ def test_greedy_runtime_and_udf_equal_direct_generate(spark, model_dir):
     # the Spark UDF on two partitions, a null row included
     from spark_infer.udf import predict_udf
 
-    gen = predict_udf("generate", model_dir, max_new_tokens=NEW, batch_size=4)
+    gen = predict_udf("generate", model=model_dir, max_new_tokens=NEW, batch_size=4)
     rows = [(i, p) for i, p in enumerate(PROMPTS)] + [(len(PROMPTS), None)]
     df = spark.createDataFrame(rows, "id int, text string").repartition(2)
     out = df.select("id", gen("text").alias("g"))
@@ -233,14 +234,14 @@ def test_job_generate_end_to_end_and_missing_template_column(spark, tmp_path, t5
     code, s = _job(tmp_path, "--input", inp, "--output", out, "--task", "generate", "--model", t5_dir,
                    "--option", "prompt_template=summarize {title} : {text}", name="bad.json")
     err = capsys.readouterr().err
-    assert code == EXIT_CONFIG, err
+    assert code == ExitCode.CONFIG, err
     assert "['title']" in err and s["status"] == "config_error"
     assert not os.path.exists(out)
 
     code, s = _job(tmp_path, "--input", inp, "--output", out, "--task", "generate", "--model", t5_dir,
                    "--option", "max_new_tokens=6", "--option", "prompt_template={category} : {text}",
                    "--batch-size", "4")
-    assert code == EXIT_OK, capsys.readouterr().err
+    assert code == ExitCode.OK, capsys.readouterr().err
     assert sorted(s["units_committed"]) == ["category=books", "category=music"]
     res = spark.read.format("delta").load(out)
     assert res.schema["prediction"].dataType.simpleString() == (

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spark_infer.runtime import ModelCache, RuntimeOptions, make_spec, open_runner, score_stream
-from spark_infer.runtime.spec import ConfigError
+from spark_infer.errors import ConfigError
 from spark_infer.tasks.zero_shot import ZeroShotTask
 
 LABELS = ["sports", "cooking", "technology", "finance"]

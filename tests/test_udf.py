@@ -69,7 +69,7 @@ def _assert_embeddings(collected, expected: dict[int, object], col: str = "e") -
 
 
 def test_embed_udf_select_withcolumn_and_sql(spark, text_df, tiny_bert: str) -> None:
-    emb = predict_udf("embed", tiny_bert)
+    emb = predict_udf("embed", model=tiny_bert)
     expected = _direct(emb.spec)
     assert expected[EMPTY_ID] is not None and all(expected[i] is None for i in NULL_IDS)
     assert len({tuple(v) for v in expected.values() if v is not None}) > 10  # real, distinct vectors
@@ -108,7 +108,7 @@ def test_embed_udf_select_withcolumn_and_sql(spark, text_df, tiny_bert: str) -> 
 
 
 def test_udf_return_error_struct(spark, text_df, tiny_bert: str) -> None:
-    emb = predict_udf("embed", tiny_bert, return_error=True)
+    emb = predict_udf("embed", model=tiny_bert, return_error=True)
     expected = _direct(emb.spec)
     df = text_df.select("id", emb("text").alias("r"))
     assert df.schema["r"].dataType == StructType([
@@ -142,7 +142,7 @@ def test_model_cache_reused_across_jobs(spark, tiny_bert: str) -> None:
     df = spark.createDataFrame(ROWS, "id int, text string")
     # 4 tasks over 2 slots: every idle Python worker serves (and so loads in) this first job
     df4 = df.repartition(4)
-    emb = predict_udf("embed", tiny_bert, **spec_opts)
+    emb = predict_udf("embed", model=tiny_bert, **spec_opts)
     n1 = len(df4.select(emb("text")).collect())
     m1 = emb.metrics()
     assert n1 == N_ROWS and m1["rows"] == N_ROWS
@@ -153,7 +153,7 @@ def test_model_cache_reused_across_jobs(spark, tiny_bert: str) -> None:
     assert m2["rows"] == 2 * N_ROWS
     assert m2["model_loads"] == m1["model_loads"]  # second job with the same UDF: no reload
 
-    emb2 = predict_udf("embed", tiny_bert, **spec_opts)
+    emb2 = predict_udf("embed", model=tiny_bert, **spec_opts)
     assert emb2.spec == emb.spec
     df.repartition(2).select(emb2("text")).collect()
     m3 = emb2.metrics()
@@ -168,7 +168,7 @@ def test_model_cache_reused_across_jobs(spark, tiny_bert: str) -> None:
 
 def test_predict_frame_matches_udf(spark, text_df, tiny_bert: str) -> None:
     acc = new_metrics_accumulator(spark)
-    out = predict_frame(text_df, "text", "embed", tiny_bert, keys=["id"], metrics=acc)
+    out = predict_frame(text_df, "text", "embed", model=tiny_bert, keys=["id"], metrics=acc)
     assert out.columns == ["id", "prediction", "error"]
     assert out.schema["prediction"].dataType == ArrayType(FloatType())
     rows = out.collect()
@@ -179,7 +179,7 @@ def test_predict_frame_matches_udf(spark, text_df, tiny_bert: str) -> None:
     assert acc.value["null_rows"] == len(NULL_IDS)
     assert acc.value["scored_rows"] == N_ROWS - len(NULL_IDS)
 
-    emb = predict_udf("embed", tiny_bert)
+    emb = predict_udf("embed", model=tiny_bert)
     by_udf = {r["id"]: r["e"] for r in text_df.select("id", emb("text").alias("e")).collect()}
     _assert_embeddings(rows, by_udf, col="prediction")
     _assert_embeddings(rows, _direct(emb.spec), col="prediction")
@@ -220,8 +220,8 @@ def _direct_classify(model_dir: str) -> tuple[list[str], dict[int, np.ndarray]]:
 
 
 def test_classify_udf_matches_transformers(spark, text_df, tiny_classifier: str, sharp_classifier: str) -> None:
-    cls = predict_udf("classify", tiny_classifier, batch_size=4)
-    cls_all = predict_udf("classify", sharp_classifier, return_all_scores=True)
+    cls = predict_udf("classify", model=tiny_classifier, batch_size=4)
+    cls_all = predict_udf("classify", model=sharp_classifier, return_all_scores=True)
     # one UDF per job: two iterator UDFs in one select run as two chained Python evaluations, each
     # with its own Python worker (more workers = more torch imports = a slower suite)
     df_c = text_df.select("id", cls("text").alias("c"))
@@ -282,7 +282,7 @@ def test_predict_frame_timestamp_key(spark, tiny_bert: str) -> None:
 
     ts = datetime.datetime(2024, 1, 1, 12, 0)
     df = spark.createDataFrame([(1, ts, "good movie")], "id int, ts timestamp, text string")
-    rows = predict_frame(df, "text", "embed", tiny_bert, keys=["id", "ts"]).collect()
+    rows = predict_frame(df, "text", "embed", model=tiny_bert, keys=["id", "ts"]).collect()
     assert rows[0]["ts"] == ts
     assert rows[0]["error"] is None
     assert len(rows[0]["prediction"]) == 32

@@ -22,7 +22,7 @@ def make_customers(spark, path: str, n: int = 20_000, seed: int = 42, start_id: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from spark_infer.session import build_session
+    from spark_infer.sessions import build_session
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/spark-infer-churn/customers")

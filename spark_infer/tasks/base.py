@@ -1,4 +1,4 @@
-"""The small interface every task adapter implements, plus shared Hugging Face text plumbing.
+"""The small interface every task adapter implements (Hugging Face plumbing lives in `hf.py`).
 
 A task is constructed once per (model, options, device) in a worker (the model cache holds it),
 declares its Arrow output type, encodes a list of inputs once per Arrow batch, and predicts the
@@ -7,8 +7,6 @@ output for a subset of the encoded rows (a micro-batch) as an Arrow array.
 
 from __future__ import annotations
 
-import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,6 +64,8 @@ class Task(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[TaskOptions]] = TaskOptions
+    #: the job's output column when the config names none
+    default_output_col: ClassVar[str] = "prediction"
 
     def __init__(self, model_dir: str, options: TaskOptions, device: str) -> None:
         self.model_dir = model_dir
@@ -122,119 +122,3 @@ def label_score_array(
         arrays.append(pa.MapArray.from_arrays(offsets, keys, pa.array(probs.reshape(-1).astype(np.float32))))
         names.append(all_scores_field)
     return pa.StructArray.from_arrays(arrays, names=names)
-
-
-def torch_dtype(option: str, device: str):
-    """auto = bfloat16 on GPUs that support it, float32 on CPU."""
-    import torch
-
-    if option == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, option)
-
-
-def has_safetensors(model_dir: str) -> bool:
-    return any(f.endswith(".safetensors") for f in os.listdir(model_dir))
-
-
-class HFTextTask(Task):
-    """Shared plumbing for tasks over a Hugging Face tokenizer + model on text input."""
-
-    #: fallback when neither the options nor the model state a limit
-    DEFAULT_MAX_LENGTH: ClassVar[int] = 512
-
-    def __init__(self, model_dir: str, options: TaskOptions, device: str) -> None:
-        super().__init__(model_dir, options, device)
-        from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            model_dir, trust_remote_code=options.trust_remote_code, use_fast=True
-        )
-        if not self.tokenizer.is_fast:
-            raise ValueError(f"{model_dir}: a fast (Rust) tokenizer is required (tokenizer.json)")
-        self.max_length = self._resolve_max_length()
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.dtype = torch_dtype(options.dtype, device)
-
-    def load_kwargs(self) -> dict[str, Any]:
-        """from_pretrained arguments enforcing the security defaults."""
-        if not has_safetensors(self.model_dir) and not self.options.allow_pickle:
-            raise ValueError(
-                f"{self.model_dir} has no .safetensors weights; pickle weights are refused unless "
-                "allow_pickle=true (pickle files can run arbitrary code)"
-            )
-        return {
-            "trust_remote_code": self.options.trust_remote_code,
-            "use_safetensors": None if self.options.allow_pickle else True,
-            "dtype": self.dtype,
-        }
-
-    def _resolve_max_length(self) -> int:
-        if self.options.max_length:
-            return self.options.max_length
-        # sentence-transformers folders state the length the model was trained with
-        st_cfg = os.path.join(self.model_dir, "sentence_bert_config.json")
-        if os.path.exists(st_cfg):
-            with open(st_cfg) as f:
-                msl = json.load(f).get("max_seq_length")
-            if msl:
-                return int(msl)
-        tml = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tml, int) and 0 < tml < 100_000:
-            return tml
-        return self.DEFAULT_MAX_LENGTH
-
-    #: rows tokenized per call: the fast tokenizer keeps every truncated-away token of a call alive
-    #: until it returns, so one call over a 10k-row Arrow batch of long texts peaks at GBs
-    ENCODE_CHUNK: ClassVar[int] = 512
-
-    def encode(self, values: Sequence[Any]) -> Encoding:
-        texts = [v if isinstance(v, str) else _not_text(v) for v in values]
-        ids: list[list[int]] = []
-        truncated = 0
-        for start in range(0, len(texts), self.ENCODE_CHUNK):
-            enc = self.tokenizer(
-                texts[start: start + self.ENCODE_CHUNK],
-                truncation=True,
-                max_length=self.max_length,
-                padding=False,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )
-            ids.extend(enc["input_ids"])
-            # a row was cut to max_length when the tokenizer kept overflowing tokens for it
-            truncated += sum(1 for e in enc.encodings if e.overflowing)
-        return Encoding(ids=ids, truncated=truncated)
-
-    def pad(self, encoding: Encoding, idx: np.ndarray, left: bool = False):
-        """Pad rows `idx` into (input_ids, attention_mask) tensors on the task's device."""
-        import torch
-
-        rows = [encoding.ids[i] for i in idx]
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for k, r in enumerate(rows):
-            if left:
-                ids[k, width - len(r):] = r
-                mask[k, width - len(r):] = 1
-            else:
-                ids[k, : len(r)] = r
-                mask[k, : len(r)] = 1
-        return (
-            torch.from_numpy(ids).to(self.device, non_blocking=True),
-            torch.from_numpy(mask).to(self.device, non_blocking=True),
-        )
-
-    def close(self) -> None:
-        self.model = None  # type: ignore[assignment]
-
-
-def _not_text(v: Any) -> str:
-    raise TypeError(f"expected a string input, got {type(v).__name__}")

@@ -6,14 +6,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from spark_infer.tasks.base import (
-    Encoding,
-    HFTextTask,
-    TaskOptions,
-    label_score_array,
-    label_score_type,
-    register,
-)
+from spark_infer.tasks.base import Encoding, TaskOptions, label_score_array, label_score_type, register
+from spark_infer.tasks.hf import HFTextTask
 
 
 class ClassifyOptions(TaskOptions):
@@ -33,9 +27,7 @@ class ClassifyTask(HFTextTask):
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        self.model = (
-            AutoModelForSequenceClassification.from_pretrained(model_dir, **self.load_kwargs()).to(device).eval()
-        )
+        self.model = self.load_model(AutoModelForSequenceClassification)
         n = self.model.config.num_labels
         id2label = self.model.config.id2label or {}
         self.labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(n)]

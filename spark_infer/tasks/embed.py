@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from spark_infer.tasks.base import Encoding, HFTextTask, TaskOptions, register
+from spark_infer.tasks.base import Encoding, TaskOptions, register
+from spark_infer.tasks.hf import HFTextTask
 
 
 class EmbedOptions(TaskOptions):
@@ -26,13 +27,14 @@ class EmbedTask(HFTextTask):
 
     name = "embed"
     Options = EmbedOptions
+    default_output_col = "embedding"
 
     def __init__(self, model_dir: str, options: EmbedOptions, device: str) -> None:
         super().__init__(model_dir, options, device)
         import torch
         from transformers import AutoModel
 
-        self.model = AutoModel.from_pretrained(model_dir, **self.load_kwargs()).to(device).eval()
+        self.model = self.load_model(AutoModel)
         self.pooling = options.pooling if options.pooling != "auto" else _st_pooling(model_dir)
         self._torch = torch
 

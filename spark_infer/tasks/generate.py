@@ -37,7 +37,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from spark_infer.tasks.base import Encoding, HFTextTask, TaskOptions, register
+from spark_infer.tasks.base import Encoding, TaskOptions, register
+from spark_infer.tasks.hf import HFTextTask
 
 
 class GenerateOptions(TaskOptions):
@@ -134,7 +135,7 @@ class GenerateTask(HFTextTask):
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=options.trust_remote_code)
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
         model_cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
-        self.model = model_cls.from_pretrained(model_dir, **self.load_kwargs()).to(device).eval()
+        self.model = self.load_model(model_cls)
         if options.chat_template and not getattr(tok, "chat_template", None):
             raise ValueError(f"chat_template=true but the tokenizer in {model_dir} has no chat template")
 

@@ -1,0 +1,92 @@
+"""The model-source seam: where weights live, resolved once on the driver, found again on each worker.
+
+A *source* turns a reference (`packaged:...`, a folder, a hub id, ...) into a `ModelSnapshot` on the
+driver: an immutable, picklable description of one exact model (its identity feeds the
+fingerprint), and gives a worker a local folder holding exactly that snapshot. Adding a source = one
+module in `spark_infer/models/` with a class decorated `@register_source`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+_SOURCES: list[type[ModelSource]] = []
+_discovered = False
+
+
+def discover() -> None:
+    """Import every source module of this package once (each registers itself)."""
+    global _discovered
+    if not _discovered:
+        for mod in pkgutil.iter_modules([os.path.dirname(__file__)]):
+            if mod.name not in ("base", "fingerprint", "cache") and not mod.name.startswith("_"):
+                importlib.import_module(f"{__package__}.{mod.name}")
+        _discovered = True
+
+
+def register_source(cls: type[ModelSource]) -> type[ModelSource]:
+    """Class decorator: make a model source available (checked in `priority` order)."""
+    _SOURCES.append(cls)
+    _SOURCES.sort(key=lambda c: c.priority)
+    return cls
+
+
+def registered_sources() -> list[type[ModelSource]]:
+    discover()
+    return list(_SOURCES)
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """One exact model: what the driver fingerprinted and every worker must load.
+
+    `reference` is what the user wrote (shown in plans, stored in the lineage column); `locator` is
+    what a worker needs to find the files (a path, a URI, a repo id); `identity` names the content
+    immutably (a content hash, a registry version, a hub commit); `revision` is the resolved version
+    or commit when the source has one.
+    """
+
+    source: str
+    reference: str
+    locator: str
+    identity: str
+    revision: str | None = None
+
+    def local_dir(self) -> str:
+        """A local folder with this snapshot's files (a worker may download it first)."""
+        return source_named(self.source).local_dir(self)
+
+
+class ModelSource(ABC):
+    """Resolves references of one kind and finds their files on a worker."""
+
+    name: ClassVar[str]
+    #: lower is asked first whether it `claims` a reference
+    priority: ClassVar[int] = 100
+
+    @classmethod
+    @abstractmethod
+    def claims(cls, reference: str) -> bool:
+        """True when `reference` is of this source's kind (cheap: no I/O beyond a stat)."""
+
+    @classmethod
+    @abstractmethod
+    def resolve(cls, reference: str, revision: str | None = None) -> ModelSnapshot:
+        """The immutable snapshot `reference` names now (driver side); ConfigError when there is none."""
+
+    @classmethod
+    @abstractmethod
+    def local_dir(cls, snapshot: ModelSnapshot) -> str:
+        """A local folder holding `snapshot`'s files (worker side)."""
+
+
+def source_named(name: str) -> type[ModelSource]:
+    for cls in registered_sources():
+        if cls.name == name:
+            return cls
+    raise ValueError(f"unknown model source {name!r}")

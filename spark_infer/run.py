@@ -1,0 +1,226 @@
+"""The run lifecycle: one path for every way a job is started (CLI, `run_job`, notebooks, spark-submit).
+
+Signals, exit codes, the run record (JSON file + a row beside the output) and the closing log line
+live here. Every run that got past parsing its configuration leaves a record, failed and
+interrupted ones included.
+
+Exit codes:
+  0  every planned unit is committed (or nothing was pending; or --dry-run)
+  1  unexpected error (bug, or Spark/infrastructure failure before any unit could be scored)
+  2  bad configuration: nothing was written
+  3  partial failure: some units failed; committed units are kept, a rerun scores the rest
+  4  a concurrent run wrote the same output units; committed units are kept, rerun to finish
+  5  stopped by SIGTERM/SIGINT (preemption, scheduler timeout): committed units kept, rerun continues
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+from spark_infer.config import JobConfig, build_config
+from spark_infer.errors import ConcurrentRunError, ConfigError, DeltaMissing
+from spark_infer.log import event, logger
+from spark_infer.redact import redact
+from spark_infer.report import RunSummary, format_plan
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from spark_infer.job import ScoringJob
+    from spark_infer.sinks import OutputTable
+
+
+class ExitCode(IntEnum):
+    """The job's exit codes (also `RunSummary.exit_code`)."""
+
+    OK = 0
+    ERROR = 1
+    CONFIG = 2
+    PARTIAL = 3
+    CONCURRENT = 4
+    INTERRUPTED = 5
+
+
+#: plan lines printed before a run (all of them with --dry-run)
+PLAN_LINES = 50
+
+
+def run_job(
+    config: JobConfig | Mapping[str, Any] | str,
+    *,
+    spark: SparkSession | None = None,
+    sink: OutputTable | None = None,
+    **overrides: Any,
+) -> RunSummary:
+    """Run the scoring job from Python (notebooks, orchestrators) and return its record.
+
+        from spark_infer import run_job
+        summary = run_job({"input": "/data/products", "output": "/data/emb"}, spark=spark)
+
+    `config`: a JobConfig, a dict of config fields, or a path to a YAML/TOML file; `overrides` win.
+    The active session (Databricks, a notebook) is used when `spark` is not given, and the output
+    format's sink when `sink` is not. Never raises for job failures: look at `summary.status` /
+    `summary.exit_code` (the CLI's exit codes).
+    """
+
+    def make_config() -> JobConfig:
+        if isinstance(config, JobConfig):
+            return build_config(overrides={**config.model_dump(), **overrides})
+        if isinstance(config, str):
+            return build_config(config, overrides)
+        return build_config(overrides={**dict(config), **overrides})
+
+    return execute(make_config, spark=spark, sink=sink)
+
+
+def execute(
+    make_config: Callable[[], JobConfig],
+    *,
+    spark: SparkSession | None = None,
+    sink: OutputTable | None = None,
+    relaunch_argv: list[str] | None = None,
+    print_plan: bool = False,
+) -> RunSummary:
+    """Run one job from a config factory; every exit path goes through here.
+
+    `relaunch_argv` (the command line's arguments) lets a spark-submit run without Delta restart
+    itself with Delta's package; `print_plan` prints the plan on stdout (the command line's view).
+    """
+    t_start = time.monotonic()
+    job: ScoringJob | None = None
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
+        event("signal", name=signal.Signals(signum).name, action="stop_after_inflight_units_abandoned")
+        if job is None:
+            raise KeyboardInterrupt
+        job.request_stop()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        cfg = make_config()
+        from spark_infer.job import ScoringJob
+
+        job = ScoringJob(cfg, spark, sink)
+        event("run_start", run_id=job.run_id, job=cfg.job_name, task=cfg.task, input=cfg.input, output=cfg.output)
+        try:
+            job.resolve_model()
+            job.make_plan()
+        except DeltaMissing:
+            relaunched = _relaunch(job, relaunch_argv)
+            if relaunched is not None:
+                job.summary.status, job.summary.exit_code = "relaunched", relaunched
+                return job.summary
+            raise
+        if print_plan or cfg.dry_run:
+            print(format_plan(job.plan, cfg.input, cfg.id_col, None if cfg.dry_run else PLAN_LINES), flush=True)
+        if cfg.dry_run:
+            return _finish(job.summary, ExitCode.OK, "dry_run")
+        job.run()
+        s = job.summary
+        if job.stop_requested.is_set():
+            s.error = "stopped by signal; committed units are kept, rerun to continue"
+            return _finish(s, ExitCode.INTERRUPTED, "interrupted")
+        if s.units_failed:
+            s.error = "; ".join(f"{k}: {v}" for k, v in list(s.units_failed.items())[:5])
+            return _finish(s, ExitCode.PARTIAL, "partial")
+        return _finish(s, ExitCode.OK, "succeeded")
+    except KeyboardInterrupt:
+        _error_line("interrupted before the job started")
+        if job is None:
+            return RunSummary(run_id="", job_name="", status="interrupted", exit_code=ExitCode.INTERRUPTED)
+        return _finish(job.summary, ExitCode.INTERRUPTED, "interrupted")
+    except (ConfigError, DeltaMissing) as exc:
+        msg = str(exc) if isinstance(exc, ConfigError) else _delta_missing_message(job)
+        _error_line(msg)
+        if job is None:
+            return RunSummary(run_id="", job_name="", status="config_error", exit_code=ExitCode.CONFIG,
+                              error=redact(msg))
+        job.summary.error = msg
+        return _finish(job.summary, ExitCode.CONFIG, "config_error")
+    except Exception as exc:  # noqa: BLE001 - every failure still leaves its record
+        code = ExitCode.CONCURRENT if isinstance(exc, ConcurrentRunError) else ExitCode.ERROR
+        if job is not None and job.stop_requested.is_set():
+            code = ExitCode.INTERRUPTED
+        _error_line(f"{type(exc).__name__}: {exc}")
+        if code == ExitCode.ERROR:
+            logger.error("%s", redact(traceback.format_exc()))
+        if job is None:
+            return RunSummary(run_id="", job_name="", status="failed", exit_code=code, error=redact(str(exc))[:4000])
+        job.summary.error = str(exc)[:4000]
+        return _finish(job.summary, code, "failed")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if job is not None and job.summary.exit_code is not None and job.summary.status != "relaunched":
+            job.summary.durations_s["total"] = round(time.monotonic() - t_start, 3)
+            _record(job)
+
+
+def _finish(summary: RunSummary, code: ExitCode, status: str) -> RunSummary:
+    summary.exit_code, summary.status = int(code), status
+    return summary
+
+
+def _error_line(msg: str) -> None:
+    # the one line a user must see, even when the application installed no log handler
+    print(redact(f"error: {msg}"), file=sys.stderr, flush=True)
+
+
+def _delta_missing_message(job: ScoringJob | None) -> str:
+    from spark_infer.delta_jars import delta_flags
+
+    return ("Delta Lake is not on this Spark session's classpath; start it with "
+            + " ".join(delta_flags(job.cfg.delta_jars if job else None)))
+
+
+def _relaunch(job: ScoringJob, argv: list[str] | None) -> int | None:
+    """Under spark-submit without Delta: rerun the job with Delta's package; its exit code, or None."""
+    from spark_infer.launch import RELAUNCH_ENV, relaunch_with_delta, under_spark_submit
+
+    if argv is None or not under_spark_submit() or os.environ.get(RELAUNCH_ENV) or job.caps is None:
+        return None
+    return relaunch_with_delta(job.caps, argv, job.cfg.delta_jars)
+
+
+def _record(job: ScoringJob) -> None:
+    """Write the run record (JSON file, and a row beside the output) and the closing line."""
+    s = job.summary
+    s.ended_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    path = job.cfg.summary_json or os.path.join(
+        tempfile.gettempdir(), "spark-infer-runs", f"{job.cfg.job_name}-{s.run_id}.json"
+    )
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(s.to_json())
+    except OSError as exc:
+        event("warning", what="run_record_json_not_written", path=path, error=str(exc))
+        path = ""
+    runs_table = ""
+    if job.cfg.record_runs and s.status not in ("config_error", "dry_run") and job.sink is not None:
+        runs_table = job.cfg.runs_table_ref
+        try:
+            job.sink.append_run_record(s.record())
+        except Exception as exc:  # noqa: BLE001 - the JVM may be gone (SIGTERM to the whole group)
+            event("warning", what="run_record_table_not_written", table=runs_table,
+                  error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+            runs_table = ""
+    rows_s = s.rows_scored / s.durations_s["score_commit"] if s.durations_s.get("score_commit") else 0.0
+    event("run_end", run_id=s.run_id, status=s.status, exit_code=s.exit_code,
+          units_committed=len(s.units_committed), units_failed=len(s.units_failed),
+          units_abandoned=len(s.units_abandoned), units_skipped=s.plan.get("units_done", 0),
+          rows_scored=s.rows_scored, rows_per_s=rows_s, output=s.output,
+          output_version=s.output_version_after, summary_json=path, runs_table=runs_table)

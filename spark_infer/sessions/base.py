@@ -1,0 +1,82 @@
+"""The session seam: what the job needs from a Spark session, whatever kind it is.
+
+Calls that need a JVM handle (`sparkContext`, `_jvm`) live in the classic implementation only; a
+Spark Connect session answers the same questions its own way. Adding a session kind = one module
+in `spark_infer/sessions/` with a subclass of `SessionCapabilities` decorated `@register_kind`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from pyspark.sql import SparkSession
+
+_KINDS: list[type[SessionCapabilities]] = []
+
+
+def register_kind(cls: type[SessionCapabilities]) -> type[SessionCapabilities]:
+    _KINDS.append(cls)
+    return cls
+
+
+def registered_kinds() -> list[type[SessionCapabilities]]:
+    return list(_KINDS)
+
+
+class SessionCapabilities(ABC):
+    """What one live session can do, asked without caring how it reaches Spark."""
+
+    kind: ClassVar[str]
+    #: True for Spark Connect sessions (no JVM handle in this process)
+    remote: ClassVar[bool] = False
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    @classmethod
+    @abstractmethod
+    def handles(cls, spark: Any) -> bool:
+        """True when `spark` is a session of this kind."""
+
+    @property
+    @abstractmethod
+    def master(self) -> str:
+        """The master URL (`local[2]`, `spark://...`, `yarn`), or '' where the session does not say."""
+
+    @abstractmethod
+    def default_parallelism(self) -> int:
+        """Tasks the cluster runs at once (how many Spark tasks a unit is split into by default)."""
+
+    @abstractmethod
+    def set_log_level(self, level: str) -> None:
+        """Spark's own log level, where the session lets a client set it."""
+
+    @abstractmethod
+    def delta_available(self) -> bool:
+        """True when Delta Lake's data source is on the session's classpath."""
+
+    @abstractmethod
+    def tag_current_thread(self, tag: str) -> None:
+        """Tag every Spark job this thread starts from now on with `tag` (for `cancel_tag`)."""
+
+    @abstractmethod
+    def untag_current_thread(self, tag: str) -> None:
+        """Stop tagging this thread's jobs with `tag`."""
+
+    @abstractmethod
+    def cancel_tag(self, tag: str) -> None:
+        """Cancel the running jobs tagged `tag` (never raises: the session may be going down)."""
+
+    def counters_accumulator(self) -> Any:
+        """A driver-side accumulator of worker counters (dict name -> int), or None where the session
+        has none (then counters travel as metric rows)."""
+        return None
+
+    def conf_items(self) -> dict[str, str]:
+        """The session's Spark confs (for relaunching the same job elsewhere)."""
+        return {}
+
+    @abstractmethod
+    def ship_python_file(self, path: str) -> None:
+        """Make a .py/.zip/.egg importable in the executors' Python workers."""

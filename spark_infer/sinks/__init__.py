@@ -1,0 +1,11 @@
+"""Output formats (see `base.py` for the `OutputTable` protocol); Delta Lake today.
+
+    from spark_infer.sinks import open_sink
+    out = open_sink("delta", spark, "/data/product_embeddings", change_data_feed=True)
+"""
+
+from __future__ import annotations
+
+from spark_infer.sinks.base import Committed, OutputTable, discover, open_sink, register_sink, registered_sinks
+
+__all__ = ["Committed", "OutputTable", "discover", "open_sink", "register_sink", "registered_sinks"]
