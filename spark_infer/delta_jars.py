@@ -7,7 +7,11 @@ Databricks the JVM already runs and these settings would be ignored (see `launch
 
 from __future__ import annotations
 
+import hashlib
 import os
+from urllib.parse import unquote, urlparse
+
+from spark_infer.local_cache import cache_dir
 
 #: The jar matching the pip delta-spark 4.4.1 API. 4.4.1's jar is not on Maven Central (checked
 #: 2026-11-29: 404 for every artifact name, 4.4.0 is the newest published), so the 4.4.0 jar built
@@ -19,11 +23,48 @@ DELTA_CONFS = {
 }
 #: env var naming comma-separated local Delta jars for air-gapped machines (no Ivy download)
 DELTA_JARS_ENV = "SPARK_INFER_DELTA_JARS"
+#: set to 0 to resolve Delta's package through Ivy at every start (no reuse of a resolution)
+REUSE_ENV = "SPARK_INFER_REUSE_RESOLVED_JARS"
 
 
 def local_delta_jars(delta_jars: str | None = None) -> str | None:
-    """Comma-separated local jars to use instead of an Ivy resolution, if any were given."""
-    return delta_jars or os.environ.get(DELTA_JARS_ENV) or None
+    """Comma-separated local jars to use instead of an Ivy resolution: given ones, else the jars an
+    earlier start resolved for DELTA_PACKAGE (Ivy takes 3-4 s per start even from its cache)."""
+    return delta_jars or os.environ.get(DELTA_JARS_ENV) or resolved_jars()
+
+
+def _resolution_file(package: str) -> str:
+    return os.path.join(cache_dir("jars"), hashlib.sha256(package.encode()).hexdigest()[:16] + ".txt")
+
+
+def _local_path(uri: str) -> str:
+    return unquote(urlparse(uri).path) if uri.startswith("file:") else uri
+
+
+def resolved_jars(package: str = DELTA_PACKAGE) -> str | None:
+    """The jars Ivy resolved for `package` on an earlier start, if every one of them is still there."""
+    if os.environ.get(REUSE_ENV, "1") in ("0", "false", "False"):
+        return None
+    try:
+        with open(_resolution_file(package)) as f:
+            jars = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return None
+    if not jars or not all(os.path.isfile(_local_path(j)) for j in jars):
+        return None
+    return ",".join(jars)
+
+
+def remember_resolved_jars(spark_jars: str | None, package: str = DELTA_PACKAGE) -> None:
+    """Keep the jar list Spark resolved for `package` (its `spark.jars` after the start)."""
+    jars = [j for j in (spark_jars or "").split(",") if j.strip()]
+    if not jars or not all(os.path.isfile(_local_path(j)) for j in jars):
+        return
+    path = _resolution_file(package)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(jars) + "\n")
+    os.replace(tmp, path)  # atomic: concurrent starts never read half a list
 
 
 def delta_flags(delta_jars: str | None = None) -> list[str]:

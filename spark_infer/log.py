@@ -34,10 +34,10 @@ def kv(**fields: Any) -> str:
     return " ".join(parts)
 
 
-def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
+def event(name: str, /, *, log_level: int = logging.INFO, **fields: Any) -> None:
     """Log one structured, redacted line: `event=<name> key=value ...`."""
-    if logger.isEnabledFor(level):
-        logger.log(level, "%s", redact(kv(event=name, **fields)))
+    if logger.isEnabledFor(log_level):
+        logger.log(log_level, "%s", redact(kv(event=name, **fields)))
 
 
 class KeyValueHandler(logging.StreamHandler):

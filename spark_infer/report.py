@@ -16,9 +16,15 @@ from spark_infer.redact import redact, redact_value
 if TYPE_CHECKING:
     from spark_infer.plan import Plan
 
+
+
 @dataclass
 class RunSummary:
-    """What a run did: the record printed at the end (and written as JSON when asked)."""
+    """What a run did: returned by `run_job`, written as JSON and as a row beside the output.
+
+        summary = run_job({"input": "/data/in", "output": "/data/out"})
+        summary.exit_code, summary.status, summary.units_committed, summary.counters["error_rows"]
+    """
 
     run_id: str
     job_name: str

@@ -26,8 +26,8 @@ from cluster import MARKER_ENV, QUICK_JVM_OPTS, cluster_fixture, kill_marked, ma
 from jobutil import ROOT, kill_group, rows_for, summary, wait_for
 from jobutil import env as job_env
 
-from spark_infer.run import ExitCode
 from spark_infer.resources import DISCOVERY_SCRIPT
+from spark_infer.run import ExitCode
 
 CATEGORIES = ["books", "music", "garden", "toys", "tools", "games"]
 ROWS_PER_UNIT = 12

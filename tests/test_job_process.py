@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 from chispa import assert_df_equality
-from jobutil import ROOT, cli_cmd, delta_versions, kill_group, rows_for, run, start, summary, wait_for
+from jobutil import ROOT, cli_cmd, delta_versions, env, kill_group, rows_for, run, start, summary, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -98,11 +98,13 @@ def test_plain_spark_submit_adds_delta_and_runs(spark, six_partitions, tiny_bert
     js = str(tmp_path / "s.json")
     submit = shutil.which("spark-submit")
     assert submit, "spark-submit from the pyspark wheel must be on PATH"
+    # the one job that resolves Delta's package through Ivy (every other start reuses the resolution)
     r = run([submit, "--master", "local[2]", "--conf", "spark.ui.enabled=false", os.path.join(ROOT, "jobs", "score.py"),
              "--input", inp, "--output", out, "--model", tiny_bert, "--partition-by", "category",
-             "--summary-json", js], timeout=400)
+             "--summary-json", js], timeout=400, env_vars={**env(), "SPARK_INFER_REUSE_RESOLVED_JARS": "0"})
     assert r.returncode == 0, r.stdout[-4000:]
     assert "event=relaunch reason=delta_missing" in r.stdout
+    assert "--packages io.delta:delta-spark" in r.stdout and "resolving dependencies" in r.stdout
     s = summary(js)
     assert s["status"] == "succeeded" and len(s["units_committed"]) == 6
     assert spark.read.format("delta").load(out).count() == len(rows)

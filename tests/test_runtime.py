@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from spark_infer.errors import ConfigError
 from spark_infer.runtime import (
     ModelCache,
     RuntimeOptions,
@@ -28,7 +29,6 @@ from spark_infer.runtime import (
 from spark_infer.runtime.batching import RowError, Runner
 from spark_infer.runtime.device import gpu_index
 from spark_infer.runtime.metrics import COUNTER_NAMES
-from spark_infer.errors import ConfigError
 from spark_infer.tasks.base import Encoding, Task, TaskOptions
 
 # ------------------------------------------------------------------------------------------------

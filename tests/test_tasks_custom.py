@@ -14,10 +14,10 @@ import pytest
 from jobutil import ROOT, summary
 
 from spark_infer.cli import run_score
+from spark_infer.ddl import parse_ddl, to_arrow
+from spark_infer.errors import ConfigError
 from spark_infer.run import ExitCode
 from spark_infer.runtime import ModelCache, RuntimeOptions, make_spec, open_runner
-from spark_infer.errors import ConfigError
-from spark_infer.ddl import parse_ddl, to_arrow
 
 if ROOT not in sys.path:  # the driver imports examples.churn (workers get it with addPyFile below)
     sys.path.insert(0, ROOT)

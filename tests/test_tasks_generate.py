@@ -14,9 +14,9 @@ from jobutil import rows_for, summary
 from tiny_models import WORDS, make_tiny_gpt2, make_tiny_t5
 
 from spark_infer.cli import run_score
+from spark_infer.errors import ConfigError
 from spark_infer.run import ExitCode
 from spark_infer.runtime import ModelCache, RuntimeOptions, make_spec, open_runner, score_stream
-from spark_infer.errors import ConfigError
 
 NEW = 8
 PROMPTS = [" ".join(WORDS[(i * 5 + 3 * k) % len(WORDS)] for k in range(1 + (i * 7) % 13)) for i in range(20)]

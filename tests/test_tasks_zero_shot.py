@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_infer.runtime import ModelCache, RuntimeOptions, make_spec, open_runner, score_stream
 from spark_infer.errors import ConfigError
+from spark_infer.runtime import ModelCache, RuntimeOptions, make_spec, open_runner, score_stream
 from spark_infer.tasks.zero_shot import ZeroShotTask
 
 LABELS = ["sports", "cooking", "technology", "finance"]

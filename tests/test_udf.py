@@ -286,3 +286,22 @@ def test_predict_frame_timestamp_key(spark, tiny_bert: str) -> None:
     assert rows[0]["ts"] == ts
     assert rows[0]["error"] is None
     assert len(rows[0]["prediction"]) == 32
+
+
+def test_options_that_cannot_apply_raise(spark, text_df, tiny_bert: str) -> None:
+    """One ModelSpec and one RuntimeOptions end to end: options beside them are an error, not ignored."""
+    from spark_infer.errors import ConfigError
+    from spark_infer.runtime.options import RuntimeOptions
+    from spark_infer.runtime.spec import make_spec
+
+    spec = make_spec("embed", tiny_bert)
+    with pytest.raises(ConfigError, match="pooling"):
+        predict_frame(text_df, "text", spec=spec, pooling="cls")
+    with pytest.raises(ConfigError, match="model"):
+        predict_frame(text_df, "text", spec=spec, model=tiny_bert)
+    with pytest.raises(ConfigError, match="batch_size"):
+        predict_frame(text_df, "text", model=tiny_bert, runtime=RuntimeOptions(), batch_size=3)
+    with pytest.raises(ConfigError, match="device"):
+        predict_udf("embed", model=tiny_bert, device="tpu")
+    out = predict_frame(text_df, "text", spec=spec, runtime=RuntimeOptions(batch_size=3), keys=["id"])
+    assert out.columns == ["id", "prediction", "error"]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
 
-from spark_infer.delta_jars import DELTA_CONFS, DELTA_PACKAGE, local_delta_jars
+from spark_infer.delta_jars import DELTA_CONFS, DELTA_PACKAGE, local_delta_jars, remember_resolved_jars
 from spark_infer.sessions.base import SessionCapabilities, registered_kinds
 
 __all__ = ["SessionCapabilities", "build_session", "capabilities", "quiet"]
@@ -79,15 +79,18 @@ def build_session(
         defaults["spark.databricks.delta.snapshotPartitions"] = str(max(2, os.cpu_count() or 2))
     for k, v in {**defaults, **(conf or {})}.items():
         builder = builder.config(k, v)
+    user_jars = (conf or {}).get("spark.jars")
     jars = local_delta_jars(delta_jars)
     if os.environ.get("PYSPARK_GATEWAY_PORT"):
         # under spark-submit the JVM is already up: jar confs set here would be silently ignored
         spark = builder.getOrCreate()
     elif jars:
-        spark = builder.config("spark.jars", jars).getOrCreate()
+        spark = builder.config("spark.jars", ",".join(j for j in (user_jars, jars) if j)).getOrCreate()
     else:
         # what delta's configure_spark_with_delta_pip does, with a jar version that exists
         spark = builder.config("spark.jars.packages", DELTA_PACKAGE).getOrCreate()
+        if not user_jars and not (conf or {}).get("spark.jars.packages"):
+            remember_resolved_jars(capabilities(spark).conf_items().get("spark.jars"))
     quiet(spark)
     return spark
 

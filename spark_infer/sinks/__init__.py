@@ -6,6 +6,13 @@
 
 from __future__ import annotations
 
-from spark_infer.sinks.base import Committed, OutputTable, discover, open_sink, register_sink, registered_sinks
+from spark_infer.sinks.base import (
+    Committed,
+    OutputTable,
+    discover,
+    open_sink,
+    register_sink,
+    registered_sinks,
+)
 
 __all__ = ["Committed", "OutputTable", "discover", "open_sink", "register_sink", "registered_sinks"]
