@@ -57,7 +57,19 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     p.add_argument("--on-model-change", dest="on_model_change", choices=["rescore", "new_only"])
     p.add_argument("--gpus-per-task", dest="gpus_per_task", type=float)
     p.add_argument("--cpus-per-task", dest="cpus_per_task", type=int)
-    p.add_argument("--concurrent-units", dest="concurrent_units", type=int)
+    p.add_argument("--concurrent-units", dest="concurrent_units", type=int, help="commit groups in flight")
+    p.add_argument("--group-rows", dest="group_rows", type=int, help="rows per commit group")
+    p.add_argument("--group-units", dest="group_units", type=int, help="units per commit group, at most")
+    p.add_argument("--rows-per-file", dest="rows_per_file", type=int, help="output rows per file, at most")
+    p.add_argument("--optimize", dest="optimize", action="store_true", default=None,
+                   help="compact the output's files after a run that wrote")
+    p.add_argument("--max-error-rate", dest="max_error_rate", type=float,
+                   help="largest share of error rows a unit may have and be committed (default 0.1)")
+    p.add_argument("--rescore-errors", dest="rescore_errors", action="store_true", default=None,
+                   help="rescore units whose output holds error rows")
+    p.add_argument("--on-orphan", dest="on_orphan", choices=["delete", "keep"],
+                   help="output units whose input unit is gone (default: delete)")
+    p.add_argument("--model-revision", dest="model_revision", help="hub revision or registry version to pin")
     p.add_argument("--master")
     p.add_argument("--job-name", dest="job_name")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option (repeatable; JSON values)")

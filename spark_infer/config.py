@@ -21,7 +21,7 @@ from spark_infer.tasks import get_task, task_names
 
 #: columns the job adds to every output row (besides the task's output and `error`)
 LINEAGE_COLUMNS = (
-    "model", "model_fingerprint", "task", "run_id", "input_version", "input_state", "scored_at",
+    "model", "model_fingerprint", "task", "run_id", "input_version", "input_state", "input_files", "scored_at",
 )
 BUCKET_COLUMN = "bucket"
 
@@ -42,7 +42,8 @@ class JobConfig(BaseModel):
     input: str = Field(description="input Delta table: a path or a catalog table name")
     output: str = Field(description="output Delta table: a path or a catalog table name")
     task: str = "embed"
-    model: str | None = Field(default=None, description="model folder or hub id; default: packaged MiniLM")
+    model: str | None = Field(default=None, description="model reference; default: the packaged MiniLM")
+    model_revision: str | None = Field(default=None, description="hub revision / registry version to pin")
     text_col: str = "text"
     id_col: str = "id"
     partition_by: list[str] | None = Field(
@@ -62,10 +63,25 @@ class JobConfig(BaseModel):
         default=None, gt=0, description="GPUs per scoring task (0.25 = four tasks share a GPU); needs a cluster"
     )
     cpus_per_task: int | None = Field(default=None, ge=1, description="CPU cores per scoring task")
-    concurrent_units: int = Field(default=2, ge=1, le=64, description="units scored and committed at once")
+    concurrent_units: int = Field(default=2, ge=1, le=64, description="commit groups scored and committed at once")
+    group_rows: int = Field(default=100_000, ge=1, description="rows per commit group (a bigger unit is one group)")
+    group_units: int = Field(default=1_000, ge=1, le=10_000, description="units per commit group, at most")
+    rows_per_file: int = Field(default=100_000, ge=1, description="output rows per file, at most")
+    optimize: bool = Field(default=False, description="compact the output's files after a run that wrote")
+    max_error_rate: float = Field(
+        default=0.1, ge=0, le=1, description="largest share of error rows a unit may have and still be committed"
+    )
     output_format: str = Field(default="delta", description="output sink (spark_infer/sinks/)")
     # incremental behaviour
     on_model_change: Literal["rescore", "new_only"] = "rescore"
+    on_orphan: Literal["delete", "keep"] = Field(
+        default="delete", description="output units whose input unit is gone: delete their rows, or keep them"
+    )
+    rescore_errors: bool = Field(default=False, description="rescore units whose output holds error rows")
+    txn_retention: str = Field(
+        default="interval 7 days", pattern=r"^interval \d+ (second|minute|hour|day|week)s?$",
+        description="how long the output keeps each commit group's transaction id (delta.setTransactionRetentionDuration)",
+    )
     change_data_feed: bool = False
     dry_run: bool = False
     # spark

@@ -7,6 +7,8 @@ nothing was written and a rerun with the same settings fails the same way (exit 
 
 from __future__ import annotations
 
+import re
+
 
 class SparkInferError(Exception):
     """Base class of spark-infer's own errors."""
@@ -34,3 +36,20 @@ class ModelMismatchError(SparkInferError, RuntimeError):
 
 class SystemicScoringError(SparkInferError, RuntimeError):
     """Nothing can be scored (a broken model or device): the task fails instead of writing error rows."""
+
+
+#: the last line of a Python traceback: `package.module.SomeError: message`
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$", re.M)
+
+
+def describe(exc: BaseException, limit: int = 2000) -> str:
+    """`Type: message` of an exception in one line; for an error raised in a Spark Python worker
+    (whose message is a whole traceback) the worker's own exception, not the JVM's wrapper."""
+    text = str(exc).strip()
+    if "Traceback (most recent call last)" in text:
+        found = _ERROR_LINE.findall(text)
+        if found:
+            qualname, msg = found[-1]
+            return f"{qualname.rsplit('.', 1)[-1]}: {msg.strip()}"[:limit]
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:limit]

@@ -4,6 +4,9 @@ Under spark-submit the JVM starts before the script runs, so `spark.jars.package
 script's session builder is silently ignored. The job detects the missing classes and starts
 spark-submit again with the same master, deploy mode and confs plus Delta's package (or local jars
 from $SPARK_INFER_DELTA_JARS / `delta_jars`), then exits with its exit code.
+
+The confs travel in a properties file only this user can read, never on the child's command line,
+where `ps` would show every secret that spark-defaults.conf holds.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 from spark_infer.delta_jars import delta_flags
 from spark_infer.log import event
@@ -30,13 +34,40 @@ def under_spark_submit() -> bool:
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT")) and "DATABRICKS_RUNTIME_VERSION" not in os.environ
 
 
-def relaunch_command(caps: SessionCapabilities, script: str, args: list[str],
-                     delta_jars: str | None = None) -> list[str]:
-    """The spark-submit command line that reruns `script args` with Delta added."""
+def _escape(text: str, key: bool = False) -> str:
+    """java.util.Properties escaping (what spark-submit's --properties-file reads)."""
+    out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    if key:
+        out = out.replace("=", "\\=").replace(":", "\\:").replace(" ", "\\ ")
+    elif out.startswith(" "):
+        out = "\\" + out
+    return out
+
+
+def relaunch_confs(caps: SessionCapabilities) -> dict[str, str]:
+    """The running session's confs that the relaunched job must keep (for its properties file)."""
+    return {k: v for k, v in sorted(caps.conf_items().items())
+            if k not in _SKIP_CONFS and not k.startswith("spark.driver.extraJavaOptions")}
+
+
+def write_properties(confs: dict[str, str], path: str) -> None:
+    """Write `confs` to `path` readable by this user only (0600 from creation on)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for k, v in confs.items():
+            f.write(f"{_escape(k, key=True)}={_escape(v)}\n")
+
+
+def relaunch_command(caps: SessionCapabilities, script: str, args: list[str], delta_jars: str | None = None,
+                     properties_file: str | None = None) -> list[str]:
+    """The spark-submit command line that reruns `script args` with Delta added; the session's other
+    confs are read from `properties_file` (see `write_properties`)."""
     conf = caps.conf_items()
     spark_home = os.environ.get("SPARK_HOME")
     submit = os.path.join(spark_home, "bin", "spark-submit") if spark_home else "spark-submit"
     cmd = [submit, "--master", conf.get("spark.master", "local[*]")]
+    if properties_file:
+        cmd += ["--properties-file", properties_file]
     if conf.get("spark.submit.deployMode"):
         cmd += ["--deploy-mode", conf["spark.submit.deployMode"]]
     if conf.get("spark.app.name"):
@@ -56,18 +87,21 @@ def relaunch_command(caps: SessionCapabilities, script: str, args: list[str],
         if conf.get(key):
             cmd += ["--py-files" if key == "spark.submit.pyFiles" else "--files", conf[key]]
     cmd += flags
-    for k, v in sorted(conf.items()):
-        if k not in _SKIP_CONFS and not k.startswith("spark.driver.extraJavaOptions"):
-            cmd += ["--conf", f"{k}={v}"]
     return [*cmd, os.path.abspath(script), *args]
 
 
 def relaunch_with_delta(caps: SessionCapabilities, args: list[str], delta_jars: str | None = None) -> int:
     """Stop this session, rerun the job under spark-submit with Delta, return its exit code."""
-    cmd = relaunch_command(caps, sys.argv[0], args, delta_jars)
-    caps.spark.stop()
-    env = dict(os.environ, **{RELAUNCH_ENV: "1"})
-    for k in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
-        env.pop(k, None)
-    event("relaunch", reason="delta_missing", flags=" ".join(delta_flags(delta_jars)))
-    return subprocess.call(cmd, env=env)
+    fd, props = tempfile.mkstemp(prefix="spark-infer-relaunch-", suffix=".properties")  # 0600
+    os.close(fd)
+    try:
+        write_properties(relaunch_confs(caps), props)
+        cmd = relaunch_command(caps, sys.argv[0], args, delta_jars, props)
+        caps.spark.stop()
+        env = dict(os.environ, **{RELAUNCH_ENV: "1"})
+        for k in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
+            env.pop(k, None)
+        event("relaunch", reason="delta_missing", flags=" ".join(delta_flags(delta_jars)))
+        return subprocess.call(cmd, env=env)
+    finally:
+        os.unlink(props)

@@ -1,10 +1,8 @@
-"""Plan: which units of the input need scoring, compared with what the output already holds.
+"""Plan: which units need scoring, compared with what the output holds, and how they are grouped.
 
-A unit is a partition value of the input (or an id bucket for an unpartitioned input). Its input
-state is a content fingerprint computed by Spark in one pass: row count + an order-independent sum of
-xxhash64 over the id and input columns; a rewritten partition with different rows gets a new state.
-`decide` is a pure function (easy to test); `input_units` does the Spark read (the output side's
-committed units come from the sink).
+Pure decisions over states that were read elsewhere (`inputs.py` for the input, the sink for the
+output): `decide` splits the input's units into pending (with a reason), done, kept-with-an-old-model
+and orphaned; `make_groups` packs pending units into commit groups. Nothing here touches Spark.
 """
 
 from __future__ import annotations
@@ -13,47 +11,44 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
-
+from spark_infer.inputs import InputUnit
 from spark_infer.sinks.base import Committed
-from spark_infer.tables import predicate
+from spark_infer.units import UnitColumn, UnitKey, label
 
-
-@dataclass(frozen=True)
-class Unit:
-    """One input unit: its column values, row count and input state."""
-
-    values: tuple[Any, ...]
-    rows: int
-    state: str
-
-    def label(self, columns: Sequence[str]) -> str:
-        return ",".join(f"{c}={v}" for c, v in zip(columns, self.values, strict=True))
+#: why a unit is pending
+NEW, CHANGED, MODEL_CHANGED, ERRORS = "new", "changed", "model_changed", "errors"
 
 
 @dataclass
 class Plan:
-    unit_columns: tuple[str, ...]
+    """What a run will do. `pending` holds (unit, reason); `orphaned` output units gone from the input."""
+
+    unit_columns: tuple[UnitColumn, ...]
     bucketed: bool
     input_version: int
-    pending: list[tuple[Unit, str]] = field(default_factory=list)  # (unit, new|changed|model_changed)
-    done: list[Unit] = field(default_factory=list)
-    stale_model: list[Unit] = field(default_factory=list)  # model changed, kept by on_model_change=new_only
-    orphaned: list[tuple[Any, ...]] = field(default_factory=list)  # in output, gone from input
+    pending: list[tuple[InputUnit, str]] = field(default_factory=list)
+    done: list[InputUnit] = field(default_factory=list)
+    stale_model: list[InputUnit] = field(default_factory=list)  # model changed, kept by on_model_change=new_only
+    orphaned: list[tuple[UnitKey, Committed]] = field(default_factory=list)
+    #: orphaned units this run deletes (on_orphan=delete) or keeps
+    delete_orphans: bool = True
 
     @property
     def pending_rows(self) -> int:
         return sum(u.rows for u, _ in self.pending)
+
+    def label(self, key: UnitKey) -> str:
+        return label(self.unit_columns, key)
 
     def counts(self) -> dict[str, int]:
         reasons = [r for _, r in self.pending]
         return {
             "units_total": len(self.pending) + len(self.done) + len(self.stale_model),
             "units_pending": len(self.pending),
-            "units_new": reasons.count("new"),
-            "units_changed": reasons.count("changed"),
-            "units_model_changed": reasons.count("model_changed"),
+            "units_new": reasons.count(NEW),
+            "units_changed": reasons.count(CHANGED),
+            "units_model_changed": reasons.count(MODEL_CHANGED),
+            "units_with_errors": reasons.count(ERRORS),
             "units_done": len(self.done),
             "units_kept_old_model": len(self.stale_model),
             "units_orphaned": len(self.orphaned),
@@ -61,49 +56,62 @@ class Plan:
         }
 
 
+def _sort_key(key: UnitKey) -> tuple[Any, ...]:
+    return tuple((v is None, str(v)) for v in key)
+
+
 def decide(
-    inputs: Sequence[Unit],
-    committed: dict[tuple[Any, ...], Committed],
+    inputs: Sequence[InputUnit],
+    committed: dict[UnitKey, Committed],
     fingerprint: str,
     on_model_change: str = "rescore",
-) -> tuple[list[tuple[Unit, str]], list[Unit], list[Unit], list[tuple[Any, ...]]]:
-    """Split input units into (pending with reason, done, kept-with-old-model, orphaned keys)."""
-    pending, done, stale = [], [], []
-    for u in sorted(inputs, key=lambda u: tuple((v is None, str(v)) for v in u.values)):
-        c = committed.get(u.values)
+    rescore_errors: bool = False,
+) -> tuple[list[tuple[InputUnit, str]], list[InputUnit], list[InputUnit], list[tuple[UnitKey, Committed]]]:
+    """Split input units into (pending with reason, done, kept-with-old-model, orphaned)."""
+    pending: list[tuple[InputUnit, str]] = []
+    done: list[InputUnit] = []
+    stale: list[InputUnit] = []
+    for u in sorted(inputs, key=lambda u: _sort_key(u.key)):
+        c = committed.get(u.key)
         if c is None:
-            pending.append((u, "new"))
-        elif c.state != u.state:
-            pending.append((u, "changed"))
+            pending.append((u, NEW))
+        elif c.state is None or u.state != c.state or c.rows != u.rows:
+            pending.append((u, CHANGED))
         elif c.fingerprint != fingerprint:
             if on_model_change == "new_only":
                 stale.append(u)
             else:
-                pending.append((u, "model_changed"))
+                pending.append((u, MODEL_CHANGED))
+        elif rescore_errors and c.error_rows:
+            pending.append((u, ERRORS))
         else:
             done.append(u)
-    present = {u.values for u in inputs}
-    orphaned = sorted((k for k in committed if k not in present), key=str)
+    present = {u.key for u in inputs}
+    orphaned = sorted(((k, c) for k, c in committed.items() if k not in present), key=lambda kc: _sort_key(kc[0]))
     return pending, done, stale, orphaned
 
 
+def make_groups(pending: Sequence[tuple[InputUnit, str]], group_rows: int, group_units: int
+                ) -> list[list[tuple[InputUnit, str]]]:
+    """Pack pending units, in plan order, into commit groups of at most `group_rows` rows and
+    `group_units` units; a unit of `group_rows` rows or more is a group of its own."""
+    groups: list[list[tuple[InputUnit, str]]] = []
+    current: list[tuple[InputUnit, str]] = []
+    rows = 0
+    for item in pending:
+        n = item[0].rows
+        if current and (rows + n > group_rows or len(current) >= group_units):
+            groups.append(current)
+            current, rows = [], 0
+        current.append(item)
+        rows += n
+    if current:
+        groups.append(current)
+    return groups
+
+
 def bucket_expr(id_col: str, buckets: int):
+    """The id bucket of a row: pmod(xxhash64(id), buckets)."""
+    from pyspark.sql import functions as F
+
     return F.pmod(F.xxhash64(F.col(id_col)), F.lit(buckets)).cast("int")
-
-
-def input_units(df: DataFrame, unit_cols: Sequence[str], hashed_cols: Sequence[str], tag: str = "") -> list[Unit]:
-    """One aggregation pass over the input: rows and content fingerprint per unit."""
-    h = F.xxhash64(*[F.col(c) for c in hashed_cols])
-    rows = (
-        df.groupBy(*unit_cols)
-        .agg(F.count(F.lit(1)).alias("n"), F.sum(h.cast("decimal(38,0)")).alias("h"))
-        .collect()
-    )
-    return [
-        Unit(values=tuple(r[c] for c in unit_cols), rows=int(r["n"]), state=f"{tag}{r['n']}:{r['h']}")
-        for r in rows
-    ]
-
-
-def unit_filter(unit_cols: Sequence[str], unit: Unit) -> str:
-    return predicate(tuple(unit_cols), unit.values)

@@ -43,11 +43,14 @@ class RunSummary:
     units_committed: list[str] = field(default_factory=list)
     units_failed: dict[str, str] = field(default_factory=dict)
     units_abandoned: list[str] = field(default_factory=list)
+    units_deleted: list[str] = field(default_factory=list)
     rows_scored: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     #: "load|pid|device" and "task|attempt|pid|gpu addresses|device|start_ns|end_ns" records
     placement: list[str] = field(default_factory=list)
     durations_s: dict[str, float] = field(default_factory=dict)
+    #: Spark jobs each stage ran (where the session can count them: classic sessions)
+    spark_jobs: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     started_at: str = ""
     ended_at: str = ""
@@ -67,7 +70,7 @@ class RunSummary:
             "output_version_before": self.output_version_before, "output_version_after": self.output_version_after,
             "units_planned": p.get("units_pending", 0), "units_scored": len(self.units_committed),
             "units_skipped": p.get("units_done", 0) + p.get("units_kept_old_model", 0),
-            "units_failed": len(self.units_failed), "rows": self.rows_scored,
+            "units_failed": len(self.units_failed), "units_deleted": len(self.units_deleted), "rows": self.rows_scored,
             "error_rows": c.get("error_rows", 0), "tokens": c.get("tokens", 0),
             "durations_json": json.dumps(self.durations_s, sort_keys=True),
             "error": redact(self.error) if self.error else None,
@@ -158,11 +161,14 @@ class Progress:
         if self._bar is not None and rows > self._bar.n:
             self._bar.update(rows - self._bar.n)
 
-    def unit_done(self, label: str, rows: int, seconds: float, status: str = "committed") -> None:
+    def group_done(self, labels: list[str], rows: int, seconds: float) -> None:
+        """A commit group landed: one line naming its units (the first few), its rows and the totals."""
         with self._lock:
-            self.units_done += 1
+            self.units_done += len(labels)
             self.rows_done += rows
-            event("unit_" + status, unit=label, rows=rows, unit_s=seconds, **self._fields(self.rows_done))
+            shown = ";".join(labels[:3]) + (f";+{len(labels) - 3} more" if len(labels) > 3 else "")
+            event("group_committed", group=shown, group_units=len(labels), rows=rows, group_s=seconds,
+                  **self._fields(self.rows_done))
             self._update_bar(self.rows_done)
 
 
@@ -172,15 +178,16 @@ def format_plan(plan: Plan, input_ref: str, id_col: str, max_lines: int | None =
     With `max_lines`, units beyond it are summarised in one line per kind (a backfill of thousands
     of partitions should not print thousands of lines before it starts).
     """
-    cols = list(plan.unit_columns)
-    units = "buckets of " + id_col if plan.bucketed else ",".join(cols)
+    units = "buckets of " + id_col if plan.bucketed else ",".join(c.name for c in plan.unit_columns)
     lines = [f"plan: input={input_ref} version={plan.input_version} units={units}"]
     rows: list[tuple[str, str]] = []
-    rows += [("pending", f"  pending  {reason:<13} {u.label(cols):<40} rows={u.rows}") for u, reason in plan.pending]
-    rows += [("done", f"  done     {'':<13} {u.label(cols):<40} rows={u.rows}") for u in plan.done]
-    rows += [("kept", f"  kept     {'old model':<13} {u.label(cols):<40} rows={u.rows}") for u in plan.stale_model]
-    rows += [("orphaned", f"  orphaned {'not in input':<13} "
-              + ",".join(f"{c}={v}" for c, v in zip(cols, k, strict=True))) for k in plan.orphaned]
+    rows += [("pending", f"  pending  {reason:<13} {plan.label(u.key):<40} rows={u.rows}")
+             for u, reason in plan.pending]
+    rows += [("done", f"  done     {'':<13} {plan.label(u.key):<40} rows={u.rows}") for u in plan.done]
+    rows += [("kept", f"  kept     {'old model':<13} {plan.label(u.key):<40} rows={u.rows}") for u in plan.stale_model]
+    action = "delete" if plan.delete_orphans else "keep"
+    rows += [("orphaned", f"  orphaned {action + ' (gone)':<13} {plan.label(k):<40} rows={c.rows}")
+             for k, c in plan.orphaned]
     shown = rows if max_lines is None else rows[:max_lines]
     lines += [line for _, line in shown]
     hidden: dict[str, int] = {}

@@ -1,14 +1,24 @@
-"""Delta table references: a path or a catalog name, read at a pinned version."""
+"""Delta table references: a path or a catalog name, asked through Spark SQL (classic or Connect).
+
+Only SQL and the DataFrame reader are used (`DESCRIBE DETAIL`, `DESCRIBE HISTORY`, `versionAsOf`),
+never the `DeltaTable` Python API, so the same code runs on Spark Connect sessions, whose servers
+have Delta but whose clients have no JVM.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+
+
+def quote_name(name: str) -> str:
+    """`catalog`.`schema`.`table` for a dotted name (parts already in backquotes are kept)."""
+    if "`" in name:
+        return name
+    return ".".join("`" + part + "`" for part in name.split("."))
 
 
 @dataclass(frozen=True)
@@ -24,61 +34,44 @@ class TableRef:
 
     @property
     def location(self) -> str:
+        """The absolute path or URI (for a catalog name: the name itself)."""
         return os.path.abspath(os.path.expanduser(self.ref)) if self.is_path and "://" not in self.ref else self.ref
 
     def __str__(self) -> str:
         return self.location
 
-    def delta_table(self, spark: SparkSession):
-        from delta.tables import DeltaTable
-
+    @property
+    def sql_name(self) -> str:
+        """How SQL names the table: delta.`/path` or `schema`.`table`."""
         if self.is_path:
-            return DeltaTable.forPath(spark, self.location)
-        return DeltaTable.forName(spark, self.ref)
+            return "delta.`" + self.location.replace("`", "``") + "`"
+        return quote_name(self.ref)
+
+    def detail(self, spark: SparkSession) -> dict[str, Any]:
+        """`DESCRIBE DETAIL`: format, location, partitionColumns, properties, numFiles, ..."""
+        return spark.sql(f"DESCRIBE DETAIL {self.sql_name}").first().asDict(recursive=True)
 
     def exists(self, spark: SparkSession) -> bool:
-        from delta.tables import DeltaTable
+        """True when a Delta table is there (any error describing it means: no)."""
+        if not self.is_path and not spark.catalog.tableExists(self.ref):
+            return False
+        try:
+            return str(self.detail(spark).get("format", "")).lower() == "delta"
+        except Exception:  # noqa: BLE001 - not a Delta table / no such path
+            return False
 
-        if self.is_path:
-            return DeltaTable.isDeltaTable(spark, self.location)
-        return spark.catalog.tableExists(self.ref)
+    def location_in(self, spark: SparkSession) -> str:
+        """Where the table's files are (a catalog table's storage location)."""
+        return self.location if self.is_path else str(self.detail(spark)["location"])
 
     def version(self, spark: SparkSession) -> int:
-        return int(self.delta_table(spark).history(1).select("version").first()[0])
+        return int(spark.sql(f"DESCRIBE HISTORY {self.sql_name} LIMIT 1").first()["version"])
 
     def partition_columns(self, spark: SparkSession) -> list[str]:
-        return list(self.delta_table(spark).detail().select("partitionColumns").first()[0])
+        return list(self.detail(spark)["partitionColumns"])
 
     def read(self, spark: SparkSession, version: int | None = None) -> DataFrame:
         reader = spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
         return reader.load(self.location) if self.is_path else reader.table(self.ref)
-
-
-def sql_literal(value: Any) -> str:
-    """A Spark SQL literal for a partition value (strings escaped, dates typed)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | decimal.Decimal):
-        return repr(value) if not isinstance(value, decimal.Decimal) else f"{value}BD"
-    if isinstance(value, dt.datetime):
-        return f"TIMESTAMP'{value.isoformat(sep=' ')}'"
-    if isinstance(value, dt.date):
-        return f"DATE'{value.isoformat()}'"
-    s = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{s}'"
-
-
-def quote_ident(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
-def predicate(columns: tuple[str, ...], values: tuple[Any, ...]) -> str:
-    """`a = 1 AND b IS NULL` for one unit."""
-    parts = []
-    for c, v in zip(columns, values, strict=True):
-        parts.append(f"{quote_ident(c)} IS NULL" if v is None else f"{quote_ident(c)} = {sql_literal(v)}")
-    return " AND ".join(parts)

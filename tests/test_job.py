@@ -57,7 +57,7 @@ def test_first_run_scores_everything_and_rerun_commits_nothing(spark, tmp_path, 
     assert res.count() == len(rows)
     assert res.select("id").distinct().count() == len(rows)
     # outputs equal the runtime called directly on the same texts
-    spec = make_spec("embed", tiny_bert)
+    spec = make_spec("embed", tiny_bert, device_kind="cpu")  # the job scores on this CPU-only machine
     direct, _ = next(score_stream(spec, RuntimeOptions(), [[r[2] for r in rows]]))
     want = {r[0]: np.array(v) for r, v in zip(rows, direct.to_pylist(), strict=True)}
     got = {r.id: np.array(r.embedding) for r in res.select("id", "embedding").collect()}

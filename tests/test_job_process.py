@@ -1,31 +1,37 @@
-"""The job as users run it: separate processes, SIGKILL mid-run, concurrent starts, plain spark-submit."""
+"""The job as users run it: separate processes, SIGKILL mid-group, two runs at once, plain spark-submit,
+and the exit codes a scheduler sees (1, 2, 3)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from chispa import assert_df_equality
-from jobutil import ROOT, cli_cmd, delta_versions, env, kill_group, rows_for, run, start, summary, wait_for
+from jobutil import (
+    CATEGORIES,
+    ROOT,
+    ROWS_PER_UNIT,
+    cli_cmd,
+    delta_versions,
+    env,
+    kill_group,
+    rows_for,
+    run,
+    start,
+    summary,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
 COMPARE = ["id", "category", "error", "model", "model_fingerprint", "task", "input_version", "input_state"]
-
-
-@pytest.fixture(scope="module")
-def six_partitions(spark, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("proc") / "in")
-    rows = []
-    for k, cat in enumerate(["books", "music", "garden", "toys", "tools", "games"]):
-        rows += rows_for(cat, 1000 * k, 15)
-    spark.createDataFrame(rows, "id long, category string, text string").write.format("delta") \
-        .partitionBy("category").save(path)
-    return path, rows
+TOTAL = len(CATEGORIES) * ROWS_PER_UNIT
 
 
 def assert_same_output(spark, a: str, b: str) -> None:
@@ -39,43 +45,51 @@ def assert_same_output(spark, a: str, b: str) -> None:
         np.testing.assert_allclose(ea[k], eb[k], atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def reference_output(spark, six_partitions, tiny_bert, tmp_path_factory):
-    inp, rows = six_partitions
-    out = str(tmp_path_factory.mktemp("ref") / "out")
-    r = run(cli_cmd("--input", inp, "--output", out, "--model", tiny_bert))
-    assert r.returncode == 0, r.stdout[-3000:]
-    return out
-
-
-def test_sigkill_after_first_commit_then_rerun_is_exact(spark, six_partitions, tiny_bert, reference_output,
-                                                        tmp_path):
-    inp, rows = six_partitions
+def test_sigkill_in_the_middle_of_a_group_then_rerun_is_exact(spark, units_input, tiny_bert, reference_output,
+                                                              tmp_path):
     out = str(tmp_path / "out")
     js = str(tmp_path / "rerun.json")
-    proc = start(cli_cmd("--input", inp, "--output", out, "--model", tiny_bert), str(tmp_path / "killed.log"))
+    # 3 commit groups of 2 units, one in flight at a time: the kill lands while group 2 is scored
+    groups = ["--group-units", "2", "--concurrent-units", "1"]
+    proc = start(cli_cmd("--input", units_input, "--output", out, "--model", tiny_bert, *groups),
+                 str(tmp_path / "killed.log"))
     try:
-        # version 0 creates the table; version 1 is the first unit's commit
+        # version 0 creates the table; version 1 is the first group's commit
         assert wait_for(lambda: 1 in delta_versions(out), timeout=240), open(tmp_path / "killed.log").read()[-3000:]
         kill_group(proc, signal.SIGKILL)
     finally:
         kill_group(proc)
-    committed_before = [v for v in delta_versions(out) if v > 0]
-    assert 1 <= len(committed_before) < 6, "the kill must land mid-run"
-
-    r = run(cli_cmd("--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js))
+    commits = [v for v in delta_versions(out) if v > 0]
+    assert 1 <= len(commits) < 3, "the kill must land mid-run"
+    r = run(cli_cmd("--input", units_input, "--output", out, "--model", tiny_bert, *groups, "--summary-json", js))
     assert r.returncode == 0, r.stdout[-3000:]
     s = summary(js)
-    # only the uncommitted units were rescored
-    assert len(s["units_committed"]) == 6 - len(committed_before)
-    assert s["plan"]["units_done"] == len(committed_before)
+    # only the units of uncommitted groups were scored again; the killed group is rescored whole
+    assert len(s["units_committed"]) == len(CATEGORIES) - 2 * len(commits)
+    assert s["plan"]["units_done"] == 2 * len(commits)
     assert_same_output(spark, out, reference_output)
 
 
-def test_two_runs_started_at_once_never_duplicate(spark, six_partitions, tiny_bert, reference_output, tmp_path):
-    inp, rows = six_partitions
-    out = str(tmp_path / "out")
-    procs = [start(cli_cmd("--input", inp, "--output", out, "--model", tiny_bert), str(tmp_path / f"run{i}.log"))
+def _predictor_dir(tmp_path) -> str:
+    d = tmp_path / "predictor"
+    d.mkdir(exist_ok=True)
+    (d / "predictor.json").write_text('{"name": "text length"}')
+    return str(d)
+
+
+def test_two_runs_at_once_both_plan_at_one_version_and_never_duplicate(spark, tmp_path):
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    rows = []
+    for k, cat in enumerate(CATEGORIES):
+        rows += rows_for(cat, 100 * k, 4)
+    spark.createDataFrame(rows, "id long, category string, text string").write.format("delta") \
+        .partitionBy("category").save(inp)
+    # a slow model keeps each run's first commit seconds after its plan, so both runs plan at the
+    # same output version (checked below): their writes of the same groups collide
+    job = ["--input", inp, "--output", out, "--task", "custom", "--model", _predictor_dir(tmp_path),
+           "--option", "predictor=predictors:TextLength", "--option", 'columns=["text"]',
+           "--option", 'predictor_options={"delay_s": 2.0}', "--group-units", "2", "--concurrent-units", "1"]
+    procs = [start(cli_cmd(*job, "--summary-json", str(tmp_path / f"s{i}.json")), str(tmp_path / f"run{i}.log"))
              for i in range(2)]
     try:
         codes = [p.wait(timeout=400) for p in procs]
@@ -83,38 +97,82 @@ def test_two_runs_started_at_once_never_duplicate(spark, six_partitions, tiny_be
         for p in procs:
             kill_group(p)
     logs = [open(tmp_path / f"run{i}.log").read() for i in range(2)]
-    # each run either finished or stopped with the documented concurrency exit code
-    assert all(c in (0, 4) for c in codes), (codes, [lg[-2000:] for lg in logs])
+    records = [summary(str(tmp_path / f"s{i}.json")) for i in range(2)]
+    # the runs overlapped: both planned against the same output version
+    assert records[0]["output_version_before"] == records[1]["output_version_before"], records
+    # each run finished or stopped with the concurrency exit code; at least one met the other
+    assert set(codes) <= {0, 4} and 4 in codes, (codes, [lg[-2000:] for lg in logs])
     res = spark.read.format("delta").load(out)
     assert res.count() == res.select("id").distinct().count()  # never a duplicate
-    r = run(cli_cmd("--input", inp, "--output", out, "--model", tiny_bert))
+    r = run(cli_cmd(*job, "--summary-json", str(tmp_path / "s.json")))
     assert r.returncode == 0, r.stdout[-3000:]
-    assert_same_output(spark, out, reference_output)
+    got = {row.id: row.prediction for row in spark.read.format("delta").load(out).collect()}
+    assert got == {i: len(text) for i, _, text in rows}
 
 
-def test_plain_spark_submit_adds_delta_and_runs(spark, six_partitions, tiny_bert, tmp_path):
-    inp, rows = six_partitions
+def test_plain_spark_submit_adds_delta_and_runs(spark, units_input, tiny_bert, tmp_path):
     out = str(tmp_path / "out")
     js = str(tmp_path / "s.json")
     submit = shutil.which("spark-submit")
     assert submit, "spark-submit from the pyspark wheel must be on PATH"
     # the one job that resolves Delta's package through Ivy (every other start reuses the resolution)
     r = run([submit, "--master", "local[2]", "--conf", "spark.ui.enabled=false", os.path.join(ROOT, "jobs", "score.py"),
-             "--input", inp, "--output", out, "--model", tiny_bert, "--partition-by", "category",
+             "--input", units_input, "--output", out, "--model", tiny_bert, "--partition-by", "category",
              "--summary-json", js], timeout=400, env_vars={**env(), "SPARK_INFER_REUSE_RESOLVED_JARS": "0"})
     assert r.returncode == 0, r.stdout[-4000:]
     assert "event=relaunch reason=delta_missing" in r.stdout
     assert "--packages io.delta:delta-spark" in r.stdout and "resolving dependencies" in r.stdout
     s = summary(js)
-    assert s["status"] == "succeeded" and len(s["units_committed"]) == 6
-    assert spark.read.format("delta").load(out).count() == len(rows)
+    assert s["status"] == "succeeded" and len(s["units_committed"]) == len(CATEGORIES)
+    assert spark.read.format("delta").load(out).count() == TOTAL
 
 
-def test_cli_exit_code_for_bad_config_as_a_process(tmp_path, tiny_bert, six_partitions):
-    inp, _ = six_partitions
+def test_exit_2_for_bad_config_before_any_jvm_starts(tmp_path, tiny_bert, units_input):
     out = str(tmp_path / "out")
-    r = subprocess.run(cli_cmd("--input", inp, "--output", out, "--model", tiny_bert, "--text-col", "nope"),
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cli_cmd("--input", units_input, "--output", out, "--model", tiny_bert, "--text-col", "nope"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
     assert r.returncode == 2
     assert "text_col" in r.stderr and "'nope'" in r.stderr
+    assert "SparkContext" not in r.stderr and "spark-submit" not in r.stderr  # no JVM was started
     assert not os.path.exists(out)
+
+
+def test_exit_3_when_one_unit_fails_in_spark_then_rerun_scores_only_it(spark, units_input, tmp_path):
+    out, flag = str(tmp_path / "out"), tmp_path / "broken.flag"
+    flag.write_text("x")
+    job = ["--input", units_input, "--output", out, "--task", "custom", "--model", _predictor_dir(tmp_path),
+           "--option", "predictor=predictors:BrokenWhileFlagged", "--option", 'columns=["text", "category"]',
+           "--option", "predictor_options=" + json.dumps({"flag": str(flag), "category": "toys"}),
+           "--group-units", "1"]
+    job += ["--config", str(tmp_path / "one_task.yaml")]
+    (tmp_path / "one_task.yaml").write_text("score_partitions: 1\n")  # a unit's 12 rows in one Spark task
+    js = str(tmp_path / "s1.json")
+    r = run(cli_cmd(*job, "--summary-json", js))
+    assert r.returncode == 3, r.stdout[-3000:]
+    s = summary(js)
+    assert s["status"] == "partial" and list(s["units_failed"]) == ["category=toys"]
+    assert "SystemicScoringError" in s["units_failed"]["category=toys"]
+    assert sorted(s["units_committed"]) == sorted(f"category={c}" for c in CATEGORIES if c != "toys")
+    runs = spark.read.format("delta").load(out + "_runs").collect()
+    assert [(x.status, x.exit_code, x.units_failed) for x in runs] == [("partial", 3, 1)]
+    assert spark.read.format("delta").load(out).where("category = 'toys'").count() == 0  # nothing committed
+
+    flag.unlink()  # the model is back
+    js2 = str(tmp_path / "s2.json")
+    r = run(cli_cmd(*job, "--summary-json", js2))
+    assert r.returncode == 0, r.stdout[-3000:]
+    s2 = summary(js2)
+    assert s2["units_committed"] == ["category=toys"] and s2["plan"]["units_done"] == len(CATEGORIES) - 1
+    res = spark.read.format("delta").load(out)
+    assert res.count() == TOTAL == res.select("id").distinct().count()
+
+
+def test_exit_1_for_an_infrastructure_failure_leaves_a_record(tmp_path, units_input, tiny_bert):
+    js = str(tmp_path / "s.json")
+    # a master Spark cannot start (a typo in a cluster's URL): the session never comes up
+    r = run([sys.executable, "-m", "spark_infer", "score", "--master", "local[abc]", "--input", units_input,
+             "--output", str(tmp_path / "out"), "--model", tiny_bert, "--summary-json", js])
+    assert r.returncode == 1, r.stdout[-3000:]
+    assert "Traceback" in r.stdout and "error:" in r.stdout
+    s = summary(js)
+    assert s["status"] == "failed" and s["exit_code"] == 1 and s["error"]

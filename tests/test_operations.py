@@ -34,11 +34,11 @@ def test_progress_lines_and_run_records_for_run_and_rerun(spark, tmp_path, table
     inp, out, rows = tables
     js = str(tmp_path / "run1.json")
     code = run_score(["--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js,
-                      "--progress-interval", "0.2", "--concurrent-units", "1"])
+                      "--progress-interval", "0.2", "--concurrent-units", "1", "--group-units", "1"])
     err = capsys.readouterr().err
     assert code == ExitCode.OK
-    commits = [ln for ln in err.splitlines() if ln.startswith("event=unit_committed")]
-    assert len(commits) == 4
+    commits = [ln for ln in err.splitlines() if ln.startswith("event=group_committed")]
+    assert len(commits) == 4  # one commit group per unit here
     pcts = [float(re.search(r"pct=([\d.]+)", ln).group(1)) for ln in commits]
     assert pcts == sorted(pcts) and pcts[-1] == 100.0
     assert all("eta_s=" in ln and "rows_per_s_1m=" in ln and "units=" in ln for ln in commits)
@@ -72,7 +72,7 @@ def test_sigterm_mid_run_exits_5_leaves_record_and_rerun_is_exact(spark, tmp_pat
     js = str(tmp_path / "term.json")
     log = str(tmp_path / "term.log")
     proc = start(cli_cmd("--input", inp, "--output", out, "--model", tiny_bert, "--summary-json", js,
-                         "--concurrent-units", "1"), log)
+                         "--concurrent-units", "1", "--group-units", "1"), log)
     try:
         assert wait_for(lambda: 1 in delta_versions(out), timeout=240), open(log).read()[-3000:]
         os.kill(proc.pid, signal.SIGTERM)  # what a scheduler or a spot-preemption handler sends

@@ -3,7 +3,6 @@ protocol only, runs the real planner and commit loop (real Spark, real model) wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ from jobutil import rows_for
 from spark_infer import run_job
 from spark_infer.errors import ConfigError
 from spark_infer.sinks import Committed, OutputTable
+from spark_infer.units import canonical_exprs, key_from_row
 
 SCHEMA = "id long, category string, text string"
 
@@ -35,27 +35,32 @@ class MemorySink:
     def version(self) -> int:
         return self._version
 
-    def committed_units(self, unit_columns: Sequence[str]) -> dict[tuple[Any, ...], Committed]:
-        units: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-        for r in self.rows:
-            units.setdefault(tuple(r[c] for c in unit_columns), []).append(r)
+    def committed_units(self, unit_columns) -> dict[tuple[Any, ...], Committed]:
+        if not self.rows:
+            return {}
+        # unit keys in their canonical form (spark_infer.units), computed the way the job does
+        keyed = self.spark.createDataFrame(self.rows, self.schema).selectExpr("*", *canonical_exprs(unit_columns))
+        units: dict[tuple[Any, ...], list[Any]] = {}
+        for r in keyed.collect():
+            units.setdefault(key_from_row(unit_columns, r), []).append(r)
         out = {}
         for key, rows in units.items():
             states = {r["input_state"] for r in rows}
             fps = {r["model_fingerprint"] for r in rows}
             out[key] = Committed(state=states.pop() if len(states) == 1 else None,
-                                 fingerprint=fps.pop() if len(fps) == 1 else None, rows=len(rows))
+                                 fingerprint=fps.pop() if len(fps) == 1 else None, rows=len(rows),
+                                 error_rows=sum(r["error"] is not None for r in rows))
         return out
 
-    def check_compatible(self, schema, partition_columns: Sequence[str]) -> None:
+    def check_compatible(self, schema, unit_columns, layout) -> None:
         if [f.name for f in schema.fields] != [f.name for f in self.schema.fields]:
             raise ConfigError("memory sink: schema differs")
 
-    def ensure(self, schema, partition_columns: Sequence[str]) -> None:
+    def ensure(self, schema, unit_columns, layout) -> None:
         if self.schema is None:
-            self.schema, self.partitions, self._version = schema, list(partition_columns), 0
+            self.schema, self.partitions, self._version = schema, [c.name for c in unit_columns], 0
 
-    def write_units(self, df, predicate: str, units_id: str, plan_version: int) -> None:
+    def write_units(self, df, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
         new = [r.asDict(recursive=True) for r in df.collect()]
         if self.rows:
             kept = self.spark.createDataFrame(self.rows, self.schema).where(f"NOT coalesce(({predicate}), false)")
@@ -63,9 +68,16 @@ class MemorySink:
         self.rows += new
         self._version += 1
         self.commits.append((units_id, predicate, plan_version))
+        return self._version
+
+    def delete_units(self, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
+        return self.write_units(self.spark.createDataFrame([], self.schema), predicate, units_id, plan_version, run_id)
 
     def is_conflict(self, exc: BaseException) -> bool:
         return False
+
+    def compact(self) -> None:
+        pass
 
     def append_run_record(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -91,14 +103,14 @@ def test_memory_sink_runs_the_planner_and_the_commit_loop(spark, partitioned_inp
     assert sorted(r["id"] for r in sink.rows) == sorted(r[0] for r in rows)
     assert all(len(r["embedding"]) == 32 and r["error"] is None for r in sink.rows)
     assert {r["model_fingerprint"] for r in sink.rows} == {first.model_fingerprint}
-    assert len(sink.commits) == 2 and sink.records[-1]["run_id"] == first.run_id
+    assert len(sink.commits) == 1 and sink.records[-1]["run_id"] == first.run_id  # one commit group
     assert not (tmp_path / "unused").exists()  # nothing went to Delta
 
     again = run_job(cfg, spark=spark, sink=sink)
     assert again.exit_code == 0 and again.units_committed == [] and again.plan["units_done"] == 2
-    assert len(sink.commits) == 2  # a finished job rerun commits nothing
+    assert len(sink.commits) == 1  # a finished job rerun commits nothing
 
     spark.createDataFrame(rows_for("garden", 200, 4), SCHEMA).write.format("delta").mode("append").save(inp)
     third = run_job(cfg, spark=spark, sink=sink)
     assert third.units_committed == ["category=garden"]
-    assert len(sink.rows) == len(rows) + 4 and len(sink.commits) == 3
+    assert len(sink.rows) == len(rows) + 4 and len(sink.commits) == 2

@@ -56,10 +56,39 @@ class ModelSnapshot:
     locator: str
     identity: str
     revision: str | None = None
+    #: (relative path, size) of each file, and the config's sha256, as the driver saw them
+    manifest: tuple[tuple[str, int], ...] = ()
+    config_sha256: str = ""
 
     def local_dir(self) -> str:
-        """A local folder with this snapshot's files (a worker may download it first)."""
-        return source_named(self.source).local_dir(self)
+        """A local folder with this snapshot's files (a worker may download it first), checked
+        against the driver's manifest: ModelMismatchError when this worker's copy differs."""
+        path = source_named(self.source).local_dir(self)
+        if self.manifest:
+            check_manifest(self, path)
+        return path
+
+
+def check_manifest(snapshot: ModelSnapshot, path: str) -> None:
+    """Raise ModelMismatchError when the files at `path` are not the ones the driver fingerprinted."""
+    from spark_infer.errors import ModelMismatchError
+    from spark_infer.models.fingerprint import manifest
+
+    files, config = manifest(path)
+    if files == snapshot.manifest and config == snapshot.config_sha256:
+        return
+    want, have = dict(snapshot.manifest), dict(files)
+    diffs = [f"{n}: missing here" for n in sorted(set(want) - set(have))]
+    diffs += [f"{n}: not in the driver's copy" for n in sorted(set(have) - set(want))]
+    diffs += [f"{n}: {have[n]} bytes here, {want[n]} on the driver" for n in sorted(set(want) & set(have))
+              if want[n] != have[n]]
+    if config != snapshot.config_sha256:
+        diffs.append("config.json differs")
+    raise ModelMismatchError(
+        f"model {snapshot.reference!r} at {path} on this worker is not the snapshot the driver fingerprinted "
+        f"({'; '.join(diffs[:5])}{'; ...' if len(diffs) > 5 else ''}): failing the task rather than scoring "
+        "with another model"
+    )
 
 
 class ModelSource(ABC):

@@ -46,3 +46,16 @@ def hash_model_dir(model_dir: str) -> str:
     for rel in model_files(model_dir):
         h.update(rel.replace("/", os.sep).encode() + b"\0" + file_sha256(os.path.join(model_dir, rel)).encode() + b"\n")
     return h.hexdigest()
+
+
+def manifest(model_dir: str) -> tuple[tuple[tuple[str, int], ...], str]:
+    """(relative path, size) of every model file, and the sha256 of config.json (or predictor.json):
+    what a worker checks, cheaply, that it loads the same model the driver fingerprinted."""
+    files = tuple((rel, os.path.getsize(os.path.join(model_dir, rel))) for rel in model_files(model_dir))
+    config = ""
+    for name in ("config.json", "predictor.json"):
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path):
+            config = file_sha256(path)
+            break
+    return files, config

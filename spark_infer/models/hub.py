@@ -7,7 +7,7 @@ import os
 
 from spark_infer.errors import ConfigError
 from spark_infer.models.base import ModelSnapshot, ModelSource, register_source
-from spark_infer.models.fingerprint import hash_model_dir
+from spark_infer.models.fingerprint import hash_model_dir, manifest
 
 
 def _offline() -> bool:
@@ -44,8 +44,9 @@ class HubSource(ModelSource):
                 f"model={reference!r}: not a local folder and not loadable as a Hugging Face model id "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
             ) from None
+        files, config = manifest(path)
         return ModelSnapshot(source=cls.name, reference=reference, locator=reference,
-                             identity=hash_model_dir(path), revision=revision)
+                             identity=hash_model_dir(path), revision=revision, manifest=files, config_sha256=config)
 
     @classmethod
     def local_dir(cls, snapshot: ModelSnapshot) -> str:

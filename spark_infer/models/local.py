@@ -7,7 +7,7 @@ import os
 
 from spark_infer.errors import ConfigError
 from spark_infer.models.base import ModelSnapshot, ModelSource, register_source
-from spark_infer.models.fingerprint import hash_model_dir
+from spark_infer.models.fingerprint import hash_model_dir, manifest
 
 #: files that mark a folder as loadable: a Hugging Face config or a custom predictor's manifest
 MODEL_MARKERS = ("config.json", "predictor.json")
@@ -37,7 +37,9 @@ class LocalFolderSource(ModelSource):
         if revision is not None:
             raise ConfigError(f"model_revision={revision!r}: a local folder has no revisions")
         # workers resolve the reference from their own working directory: it is absolute from here on
-        return ModelSnapshot(source=cls.name, reference=path, locator=path, identity=hash_model_dir(path))
+        files, config = manifest(path)
+        return ModelSnapshot(source=cls.name, reference=path, locator=path, identity=hash_model_dir(path),
+                             manifest=files, config_sha256=config)
 
     @classmethod
     def local_dir(cls, snapshot: ModelSnapshot) -> str:

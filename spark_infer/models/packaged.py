@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from spark_infer.errors import ConfigError
 from spark_infer.models.base import ModelSnapshot, ModelSource, register_source
-from spark_infer.models.fingerprint import hash_model_dir
+from spark_infer.models.fingerprint import hash_model_dir, manifest
 
 DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
 
@@ -30,7 +30,9 @@ class PackagedSource(ModelSource):
         if reference != DEFAULT_MODEL:
             raise ConfigError(f"model={reference!r}: the only packaged model is {DEFAULT_MODEL!r}")
         path = _packaged_dir()
-        return ModelSnapshot(source=cls.name, reference=reference, locator=reference, identity=hash_model_dir(path))
+        files, config = manifest(path)
+        return ModelSnapshot(source=cls.name, reference=reference, locator=reference, identity=hash_model_dir(path),
+                             manifest=files, config_sha256=config)
 
     @classmethod
     def local_dir(cls, snapshot: ModelSnapshot) -> str:

@@ -7,6 +7,7 @@ the task's resources, gets the model from the per-process cache and scores each 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,7 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from spark_infer.runtime.batching import Runner, plan_micro_batches
+from spark_infer.errors import ModelMismatchError, SystemicScoringError
+from spark_infer.runtime.batching import Runner, is_sticky_device_error, plan_micro_batches
 from spark_infer.runtime.cache import MODEL_CACHE, ModelCache
 from spark_infer.runtime.device import TaskResources, choose_device, set_threads, task_resources
 from spark_infer.runtime.metrics import new_counters
@@ -44,10 +46,16 @@ def open_runner(
     cache: ModelCache = MODEL_CACHE,
 ) -> Runner:
     """A Runner for one task: device from the task's resources, model from the process cache."""
+    global _device_broken
+    if _device_broken:
+        # an earlier task left this process's accelerator in a sticky error state (CUDA cannot
+        # recover inside a process): end the process, so Spark starts a fresh Python worker
+        print(f"spark-infer: exiting Python worker {os.getpid()}: {_device_broken}", file=sys.stderr, flush=True)
+        os._exit(70)
     if resources is None:
         resources = task_resources()
     set_threads(resources)
-    device = choose_device(runtime.device, resources)
+    device = pinned_device(spec, choose_device(runtime.device, resources))
     counters = counters if counters is not None else new_counters()
     task, loaded = cache.get(spec.cache_key(device), lambda: spec.load(device))
     if loaded:
@@ -62,6 +70,23 @@ def open_runner(
 
 #: counters whose key starts with this describe task placement, not volumes (kept apart in reports)
 PLACEMENT_PREFIX = "placement|"
+#: set when a sticky device error was seen in this process (see open_runner)
+_device_broken: str = ""
+
+
+def pinned_device(spec: ModelSpec, device: str) -> str:
+    """`device`, held to the device kind the driver fingerprinted (outputs differ by device and
+    precision, so no row may be scored on another kind than its fingerprint says)."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if spec.device_kind in ("any", kind):
+        return device
+    if spec.device_kind == "cpu":
+        return "cpu"  # device=auto found a GPU the job did not plan for: score as fingerprinted
+    raise ModelMismatchError(
+        f"the job fingerprinted outputs scored on {spec.device_kind} in {spec.dtype}, but this Python worker "
+        f"would score on {device} (no usable GPU here): failing the task rather than writing rows its "
+        "fingerprint does not describe"
+    )
 
 
 def _record_task(counters: Counter[str], runner: Runner, started_ns: int) -> None:
@@ -91,6 +116,14 @@ def score_stream(
                 runner = open_runner(spec, runtime, counters=counters)
             yield runner.run(inputs, row_offset=offset)
             offset += len(inputs)
+    except SystemicScoringError as exc:
+        if runner is not None:
+            # a model that cannot score anything is not kept for the next task
+            MODEL_CACHE.evict(spec.cache_key(runner.device))
+            if is_sticky_device_error(exc.__cause__):
+                global _device_broken
+                _device_broken = f"sticky device error: {exc.__cause__}"[:500]
+        raise
     finally:
         if runner is not None:
             _record_task(counters, runner, started)

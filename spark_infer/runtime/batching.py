@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from spark_infer.errors import SystemicScoringError
 from spark_infer.runtime.metrics import new_counters
 
 if TYPE_CHECKING:
@@ -27,6 +28,23 @@ log = logging.getLogger("spark_infer")
 
 class RowError(RuntimeError):
     """Raised with on_error=fail: names the row that could not be scored."""
+
+
+#: rows of a task that may fail, one after another with none ever scored, before the model is
+#: taken for broken (a row error is this input's problem; a model that scores nothing is systemic)
+SYSTEMIC_AFTER = 8
+
+#: error texts of accelerator failures that leave the device unusable for the rest of the process
+_STICKY = ("device-side assert", "illegal memory access", "cudaErrorLaunchFailure", "CUBLAS_STATUS_",
+           "CUDNN_STATUS_", "unspecified launch failure", "misaligned address", "ECC error", "uncorrectable")
+
+
+def is_sticky_device_error(exc: BaseException | None) -> bool:
+    """True for CUDA errors after which the process's device context cannot be used again."""
+    if exc is None or is_oom(exc):
+        return False
+    text = f"{type(exc).__name__}: {exc}"
+    return any(s in text for s in _STICKY) or ("CUDA error" in text and "out of memory" not in text)
 
 
 def plan_micro_batches(lengths: Sequence[int], max_rows: int, token_budget: int | None) -> list[np.ndarray]:
@@ -102,6 +120,9 @@ class Runner:
         self.token_budget = token_budget
         self.on_error = on_error
         self.counters = counters if counters is not None else new_counters()
+        #: rows this task scored, and rows that failed in predict since the last one that did not
+        self.scored = 0
+        self.failed_in_a_row = 0
 
     # -- public -------------------------------------------------------------------------------
     def run(self, inputs: Sequence[Any], row_offset: int = 0) -> tuple[pa.Array, pa.Array]:
@@ -169,6 +190,12 @@ class Runner:
             try:
                 out = self.task.predict(encoded, idx)
             except Exception as exc:  # noqa: BLE001
+                if is_sticky_device_error(exc):
+                    raise SystemicScoringError(
+                        f"task {self.task.name}: the accelerator failed ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); failing the task so Spark "
+                        "retries it in a fresh Python worker"
+                    ) from exc
                 if is_oom(exc):
                     _free_accelerator_memory()
                     self.counters["oom_backoffs"] += 1
@@ -180,6 +207,7 @@ class Runner:
                     todo[0:0] = [idx[: len(idx) // 2], idx[len(idx) // 2:]]
                     continue
                 if len(idx) == 1:
+                    self._predict_failed(exc)
                     self._row_failed(int(ok_rows[idx[0]]), exc, errors, row_offset)
                     continue
                 # isolate the bad row(s): retry one row at a time
@@ -187,10 +215,24 @@ class Runner:
                 continue
             if len(out) != len(idx):
                 raise RuntimeError(f"task {self.task.name} returned {len(out)} outputs for {len(idx)} rows")
+            self.scored += len(idx)
+            self.failed_in_a_row = 0
             self.counters["micro_batches"] += 1
             self.counters["padded_tokens"] += len(idx) * max(lengths[i] for i in idx)
             pieces.append(out)
             positions.append(ok_rows[idx])
+
+    def _predict_failed(self, exc: BaseException) -> None:
+        """One more row failed in predict: when no row of this task ever scored and SYSTEMIC_AFTER
+        have failed, the model (not the input) is broken: fail the task instead of writing error rows."""
+        self.failed_in_a_row += 1
+        if self.scored == 0 and self.failed_in_a_row >= SYSTEMIC_AFTER:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise SystemicScoringError(
+                f"task {self.task.name}: the first {self.failed_in_a_row} rows of this Spark task all failed to "
+                f"score ({type(exc).__name__}: {first}) and none succeeded: the model cannot score (a broken model "
+                "folder, device or dependency), so the task fails instead of committing error rows"
+            ) from exc
 
     def _row_failed(self, row: int, exc: BaseException, errors: list[str | None], row_offset: int,
                     oom: bool = False) -> None:

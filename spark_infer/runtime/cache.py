@@ -51,6 +51,15 @@ class ModelCache:
                     _release(old)
             return model, True
 
+    def evict(self, key: Hashable) -> bool:
+        """Drop (and close) one model; True when it was cached."""
+        with self._lock:
+            model = self._items.pop(key, None)
+            self._key_locks.pop(key, None)
+        if model is not None:
+            _release(model)
+        return model is not None
+
     def __len__(self) -> int:
         return len(self._items)
 

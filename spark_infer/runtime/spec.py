@@ -37,6 +37,10 @@ class ModelSpec:
     snapshot: ModelSnapshot
     options_json: str
     fingerprint: str
+    #: where rows are scored ("cpu", "cuda"; "any" when the caller did not fix it, e.g. a UDF) and
+    #: the resolved precision: both change outputs, so both are fingerprinted
+    device_kind: str = "any"
+    dtype: str = "auto"
 
     # The task class and parsed options are looked up once per process and kept in __dict__ under
     # `_cached_*`; they are not pickled (workers look them up again, from their own installation).
@@ -81,7 +85,10 @@ class ModelSpec:
 
     def load(self, device: str) -> Task:
         """Instantiate the task on `device` (the worker calls this through the model cache)."""
-        return self.task_class(self.snapshot.local_dir(), self.options, device)
+        options = self.options
+        if self.dtype != "auto" and getattr(options, "dtype", None) != self.dtype:
+            options = options.model_copy(update={"dtype": self.dtype})
+        return self.task_class(self.snapshot.local_dir(), options, device)
 
 
 def task_options(task: str, **options: Any) -> TaskOptions:
@@ -96,15 +103,30 @@ def task_options(task: str, **options: Any) -> TaskOptions:
         raise ConfigError(format_validation(exc, prefix=f"{task} option")) from None
 
 
-def make_spec(task: str, model: str | None = None, *, revision: str | None = None, **options: Any) -> ModelSpec:
+def resolved_dtype(option: str, device_kind: str) -> str:
+    """The precision rows are scored in: `auto` is bfloat16 on GPUs, float32 on CPUs."""
+    if option != "auto" or device_kind == "any":
+        return option
+    return "bfloat16" if device_kind == "cuda" else "float32"
+
+
+def make_spec(task: str, model: str | None = None, *, revision: str | None = None, device_kind: str = "any",
+              **options: Any) -> ModelSpec:
     """Validate the task and its options, resolve the model to a snapshot, and fingerprint them.
 
         spec = make_spec("classify", "/models/sentiment", return_all_scores=True)
 
-    Raises ConfigError naming the field and value on any problem.
+    `device_kind` ("cpu" or "cuda") fixes where rows are scored; the resolved precision is then part
+    of the fingerprint, and workers hold to it. Raises ConfigError naming the field and value.
     """
+    if device_kind not in ("any", "cpu", "cuda"):
+        raise ConfigError(f"device_kind={device_kind!r}: expected any, cpu or cuda")
     opts = task_options(task, **options)
     snapshot = resolve_model(model, revision)
     options_json = json.dumps(opts.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    fp = hashlib.sha256(f"{task}\n{options_json}\n{snapshot.identity}".encode()).hexdigest()[:24]
-    return ModelSpec(task=task, snapshot=snapshot, options_json=options_json, fingerprint=fp)
+    dtype = resolved_dtype(getattr(opts, "dtype", "auto"), device_kind)
+    fp = hashlib.sha256(
+        f"{task}\n{options_json}\n{snapshot.identity}\n{device_kind}\n{dtype}".encode()
+    ).hexdigest()[:24]
+    return ModelSpec(task=task, snapshot=snapshot, options_json=options_json, fingerprint=fp,
+                     device_kind=device_kind, dtype=dtype)

@@ -55,10 +55,13 @@ def build_session(
     or resolved by Ivy from Maven coordinates. When a session already runs (a notebook, Databricks,
     spark-submit) it is reused as is; the job checks Delta's presence on it.
     """
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    effective_master = master or os.environ.get("MASTER") or (
+        "local[*]" if not os.environ.get("PYSPARK_GATEWAY_PORT") else "")
+    if pins_worker_python(effective_master):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
@@ -71,8 +74,6 @@ def build_session(
         "spark.sql.shuffle.partitions": str(max(2, os.cpu_count() or 2)),
         **DELTA_CONFS,
     }
-    effective_master = master or os.environ.get("MASTER") or (
-        "local[*]" if not os.environ.get("PYSPARK_GATEWAY_PORT") else "")
     if effective_master.startswith("local"):
         # Delta rebuilds table state with 50 shuffle partitions by default: on a laptop or CI box
         # that is most of a small commit's time (5.3 s -> 1.3 s per unit commit measured on 2 cores)
@@ -93,6 +94,13 @@ def build_session(
             remember_resolved_jars(capabilities(spark).conf_items().get("spark.jars"))
     quiet(spark)
     return spark
+
+
+def pins_worker_python(master: str) -> bool:
+    """Whether this process may set the workers' Python to its own interpreter: only for a local or
+    embedded session, whose workers run on this machine. On a cluster (client mode included) the
+    executors' Python is Spark's own settings' business: this venv's path does not exist there."""
+    return master.startswith(("local[", "local-cluster[")) or master == "local"
 
 
 def quiet(spark: SparkSession, level: str = "WARN") -> None:

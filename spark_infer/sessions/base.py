@@ -57,12 +57,17 @@ class SessionCapabilities(ABC):
         """True when Delta Lake's data source is on the session's classpath."""
 
     @abstractmethod
-    def tag_current_thread(self, tag: str) -> None:
-        """Tag every Spark job this thread starts from now on with `tag` (for `cancel_tag`)."""
+    def enter_stage(self, tag: str, stage: str) -> None:
+        """Tag every Spark job this thread starts from now on with `tag` (for `cancel_tag`) and count
+        them under `stage` (for `jobs_in_stage`)."""
 
     @abstractmethod
-    def untag_current_thread(self, tag: str) -> None:
-        """Stop tagging this thread's jobs with `tag`."""
+    def leave_stage(self, tag: str, stage: str) -> None:
+        """Undo `enter_stage` for this thread."""
+
+    def jobs_in_stage(self, stage: str) -> int | None:
+        """How many Spark jobs ran under `stage`, or None where the session cannot tell."""
+        return None
 
     @abstractmethod
     def cancel_tag(self, tag: str) -> None:

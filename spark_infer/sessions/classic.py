@@ -48,11 +48,20 @@ class ClassicSession(SessionCapabilities):
         except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
             return False
 
-    def tag_current_thread(self, tag: str) -> None:
-        self.spark.sparkContext.addJobTag(tag)
+    def enter_stage(self, tag: str, stage: str) -> None:
+        # job tags cancel (cancelJobsWithTag works from any thread); a job group counts
+        # (the status tracker has no per-tag lookup). Both are this thread's local properties.
+        sc = self.spark.sparkContext
+        sc.addJobTag(tag)
+        sc.setLocalProperty("spark.jobGroup.id", stage)
 
-    def untag_current_thread(self, tag: str) -> None:
-        self.spark.sparkContext.removeJobTag(tag)
+    def leave_stage(self, tag: str, stage: str) -> None:
+        sc = self.spark.sparkContext
+        sc.removeJobTag(tag)
+        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+
+    def jobs_in_stage(self, stage: str) -> int | None:
+        return len(self.spark.sparkContext.statusTracker().getJobIdsForGroup(stage))
 
     def cancel_tag(self, tag: str) -> None:
         try:

@@ -1,9 +1,9 @@
 """The output seam: where scored units are committed, and what is already committed there.
 
-The job talks to an `OutputTable` only. A unit (or a group of units) is written in one atomic commit
-that replaces exactly those units' rows, so a rerun or a concurrent run never duplicates a row, and
-`committed_units` tells the planner what each unit's rows were scored from. Adding an output format
-= one module in `spark_infer/sinks/` with a class decorated `@register_sink`.
+The job talks to an `OutputTable` only. A unit (or a commit group of units) is written in one atomic
+commit that replaces exactly those units' rows, so a rerun or a concurrent run never duplicates a
+row, and `committed_units` tells the planner what each unit's rows were scored from. Adding an
+output format = one module in `spark_infer/sinks/` with a class decorated `@register_sink`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
+
+    from spark_infer.units import UnitColumn, UnitKey
 
 _SINKS: dict[str, type] = {}
 _discovered = False
@@ -46,12 +48,15 @@ def registered_sinks() -> dict[str, type]:
 
 @dataclass(frozen=True)
 class Committed:
-    """What the output holds for one unit: the input state and model fingerprint its rows were
-    scored from (None when the unit's rows disagree, which spark-infer never leaves), and its rows."""
+    """What the output holds for one unit: the content state, files state and model fingerprint its
+    rows were scored from (None where its rows disagree or did not record one), its rows, and how
+    many of them are error rows."""
 
     state: str | None
     fingerprint: str | None
     rows: int
+    files: str | None = None
+    error_rows: int = 0
 
 
 @runtime_checkable
@@ -67,25 +72,36 @@ class OutputTable(Protocol):
     def version(self) -> int:
         """A number that grows with every commit (the table's version)."""
 
-    def committed_units(self, unit_columns: Sequence[str]) -> dict[tuple[Any, ...], Committed]:
-        """For each unit key (values of `unit_columns`) the output holds, what it was scored from."""
+    def committed_units(self, unit_columns: Sequence[UnitColumn]) -> dict[UnitKey, Committed]:
+        """For each unit the output holds (keys canonical, see `spark_infer.units`), what it was scored from."""
 
-    def check_compatible(self, schema: StructType, partition_columns: Sequence[str]) -> None:
-        """ConfigError naming the problem when the existing table cannot take this job's rows."""
+    def check_compatible(self, schema: StructType, unit_columns: Sequence[UnitColumn],
+                         layout: Mapping[str, str]) -> None:
+        """ConfigError naming the problem when the existing table cannot take this job's rows, or was
+        laid out differently (`layout`: the job's unit columns, id buckets, ...)."""
 
-    def ensure(self, schema: StructType, partition_columns: Sequence[str]) -> None:
-        """Create the table (empty, final schema) unless it exists; safe against a concurrent create."""
+    def ensure(self, schema: StructType, unit_columns: Sequence[UnitColumn], layout: Mapping[str, str]) -> None:
+        """Create the table (empty, final schema, `layout` recorded) unless it exists; safe against a
+        concurrent create. Lineage columns an older version did not write are added."""
 
-    def write_units(self, df: DataFrame, predicate: str, units_id: str, plan_version: int) -> None:
-        """Replace the rows matching `predicate` (SQL over the unit columns) with `df`, in one commit.
+    def write_units(self, df: DataFrame, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
+        """Replace the rows matching `predicate` (SQL over the unit columns) with `df`, in one commit,
+        and return the version it committed.
 
-        `units_id` names the unit(s) stably across runs; together with `plan_version` (the table's
-        version when the run planned) it makes the write idempotent: a second writer of the same
-        units planned at the same version must be skipped or fail with a conflict.
+        `units_id` names the unit(s) stably across runs; with `plan_version` (the table's version when
+        the run planned) it makes the write idempotent: a second writer of the same units planned at
+        the same version is skipped or fails. A write that did not commit raises: ConcurrentRunError
+        when another run committed those units, RuntimeError otherwise; it never passes silently.
         """
+
+    def delete_units(self, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
+        """Remove the rows matching `predicate` in one commit (as `write_units`, with no rows)."""
 
     def is_conflict(self, exc: BaseException) -> bool:
         """True when `exc` means another writer committed to the same units concurrently."""
+
+    def compact(self) -> None:
+        """Rewrite small files into larger ones without changing rows (after a run, when asked)."""
 
     def append_run_record(self, record: dict[str, Any]) -> None:
         """Keep one run's record beside the output (for a Delta output: a `<output>_runs` table)."""

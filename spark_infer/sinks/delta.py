@@ -1,24 +1,38 @@
-"""Delta Lake output: one commit per unit (or group), idempotent and conflict-checked.
+"""Delta Lake output: one verified, idempotent commit per unit or commit group.
 
 `mode("overwrite")` + `replaceWhere` on the units replaces exactly their rows, and Delta's idempotent
 write options `txnAppId`/`txnVersion` record the write in the same commit: a second writer of the
-same units at the same plan version is skipped by Delta or fails with a concurrency error, so
-concurrent or repeated runs never duplicate rows.
+same units at the same plan version is skipped by Delta or fails with a concurrency error. Each
+commit also carries `userMetadata` naming the run, and the sink checks after the write that the
+commit is there, so a write Delta skipped is never counted as committed.
+
+What each unit was scored from is read from the log: the lineage columns' min/max statistics
+(`delta.dataSkippingStatsColumns` keeps statistics on exactly those columns), with no scan of rows.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from spark_infer.errors import ConfigError
+from spark_infer.delta_log import is_delta_table, open_log
+from spark_infer.errors import ConcurrentRunError, ConfigError
+from spark_infer.log import event
 from spark_infer.sinks.base import Committed, register_sink
 from spark_infer.tables import TableRef
+from spark_infer.units import UnitColumn, UnitKey, canonical_exprs, key_from_row
+
+#: lineage columns whose statistics tell what a unit was scored from
+STATE_COLUMNS = ("input_state", "input_files", "model_fingerprint")
+#: lineage columns a table written by an older version may lack; added when found missing
+ADDABLE_COLUMNS = ("input_files",)
 
 #: table properties that keep the output readable by other Delta readers (delta-rs, DuckDB):
 #: no deletion vectors, no column mapping, no v2 checkpoints.
@@ -31,15 +45,15 @@ READER_FRIENDLY_PROPERTIES = {
 _CONFLICTS = (
     "ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentTransaction",
     "ConcurrentWriteException", "ConcurrentDeleteDeleteException", "ProtocolChangedException",
-    "MetadataChangedException", "DELTA_CONCURRENT",
+    "MetadataChangedException", "DELTA_CONCURRENT", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
 )
 
 RUNS_SCHEMA = (
     "run_id string, job_name string, status string, exit_code int, input string, output string, task string, "
     "model string, model_fingerprint string, config_hash string, input_version long, "
     "output_version_before long, output_version_after long, units_planned int, units_scored int, "
-    "units_skipped int, units_failed int, rows long, error_rows long, tokens long, durations_json string, "
-    "error string, started_at string, ended_at string"
+    "units_skipped int, units_failed int, units_deleted int, rows long, error_rows long, tokens long, "
+    "durations_json string, error string, started_at string, ended_at string"
 )
 
 
@@ -48,54 +62,104 @@ class DeltaOutput:
     """A Delta table (path or catalog name) as an `OutputTable`.
 
         out = DeltaOutput(spark, "/data/emb", change_data_feed=True)
-        out.ensure(schema, ["category"]); out.write_units(df, "category = 'books'", "category=books", 0)
+        out.ensure(schema, unit_columns, layout); out.write_units(df, "`category` = 'books'", "books", 0, run_id)
     """
 
     format_name = "delta"
 
     def __init__(self, spark: SparkSession, ref: str, *, change_data_feed: bool = False,
-                 runs_table: str | None = None) -> None:
+                 runs_table: str | None = None, txn_retention: str = "interval 7 days",
+                 stats_columns: Sequence[str] = ()) -> None:
         self.spark = spark
         self.table = TableRef(ref)
         self.ref = self.table.location
         self.change_data_feed = change_data_feed
         self.runs_table = runs_table or ref.rstrip("/") + "_runs"
+        self.txn_retention = txn_retention
+        self.stats_columns = list(stats_columns)
+        self._location: str | None = None
 
     # -- state ------------------------------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        if self._location is None:
+            self._location = self.table.location_in(self.spark)
+        return self._location
+
     def exists(self) -> bool:
+        if self.table.is_path:
+            found = is_delta_table(self.location)
+            if found is not None:
+                return found
         return self.table.exists(self.spark)
 
-    def version(self) -> int:
-        return self.table.version(self.spark)
+    def _metadata(self) -> tuple[StructType, list[str], dict[str, str]]:
+        """Schema, partition columns and properties: from the log where delta-rs reads it (no Spark
+        job), else through Spark SQL."""
+        snap = open_log(self.location)
+        if snap is not None:
+            return snap.spark_schema(), snap.partition_columns, snap.properties
+        detail = self.table.detail(self.spark)
+        return (self.table.read(self.spark).schema, list(detail["partitionColumns"]),
+                dict(detail.get("properties") or {}))
 
-    def committed_units(self, unit_columns: Sequence[str]) -> dict[tuple[Any, ...], Committed]:
+    def version(self) -> int:
+        snap = open_log(self.location)
+        return snap.version if snap is not None else self.table.version(self.spark)
+
+    def committed_units(self, unit_columns: Sequence[UnitColumn]) -> dict[UnitKey, Committed]:
+        from_log = self._committed_from_log(unit_columns)
+        return from_log if from_log is not None else self._committed_from_rows(unit_columns)
+
+    def _committed_from_log(self, unit_columns: Sequence[UnitColumn]) -> dict[UnitKey, Committed] | None:
+        snap = open_log(self.location)
+        if snap is None or snap.has_deletion_vectors:
+            return None
+        per_file = snap.column_stats(unit_columns, STATE_COLUMNS, ("error",))
+        if per_file is None:
+            return None
+        acc: dict[UnitKey, dict[str, Any]] = {}
+        for f in per_file:
+            u = acc.setdefault(f["key"], {"rows": 0, "errors": 0, **{c: set() for c in STATE_COLUMNS}})
+            u["rows"] += f["rows"]
+            u["errors"] += f["rows"] - f["nulls.error"]
+            for c in STATE_COLUMNS:
+                u[c].add(f[c])
+        return {k: _committed(u["input_state"], u["model_fingerprint"], u["input_files"], u["rows"], u["errors"])
+                for k, u in acc.items()}
+
+    def _committed_from_rows(self, unit_columns: Sequence[UnitColumn]) -> dict[UnitKey, Committed]:
+        df = self.table.read(self.spark)
+        files = F.col("input_files") if "input_files" in df.columns else F.lit(None).cast("string")
         rows = (
-            self.table.read(self.spark)
-            .groupBy(*unit_columns)
+            df.withColumn("input_files", files)
+            .selectExpr("*", *canonical_exprs(unit_columns))
+            .groupBy(*[f"__k{i}" for i in range(len(unit_columns))])
             .agg(
-                F.min("input_state").alias("s0"), F.max("input_state").alias("s1"),
-                F.min("model_fingerprint").alias("f0"), F.max("model_fingerprint").alias("f1"),
-                F.count(F.lit(1)).alias("n"),
+                *[F.min(c).alias(f"{c}_0") for c in STATE_COLUMNS], *[F.max(c).alias(f"{c}_1") for c in STATE_COLUMNS],
+                *[F.count(c).alias(f"{c}_n") for c in STATE_COLUMNS],
+                F.count(F.lit(1)).alias("__n"), F.count("error").alias("__errors"),
             )
             .collect()
         )
-        return {
-            tuple(r[c] for c in unit_columns): Committed(
-                state=r["s0"] if r["s0"] == r["s1"] else None,
-                fingerprint=r["f0"] if r["f0"] == r["f1"] else None,
-                rows=int(r["n"]),
-            )
-            for r in rows
-        }
+        out = {}
+        for r in rows:
+            n = int(r["__n"])
+            vals = {c: {r[f"{c}_0"], r[f"{c}_1"]} | ({None} if r[f"{c}_n"] < n else set()) for c in STATE_COLUMNS}
+            out[key_from_row(unit_columns, r)] = _committed(vals["input_state"], vals["model_fingerprint"],
+                                                            vals["input_files"], n, int(r["__errors"]))
+        return out
 
-    def check_compatible(self, schema: StructType, partition_columns: Sequence[str]) -> None:
-        existing = self.table.read(self.spark).schema
+    def check_compatible(self, schema: StructType, unit_columns: Sequence[UnitColumn],
+                         layout: Mapping[str, str]) -> None:
+        existing, partitions, props = self._metadata()
         have = {f.name: f.dataType for f in existing.fields}
         want = {f.name: f.dataType for f in schema.fields}
         problems = []
         for name, dtype in want.items():
             if name not in have:
-                problems.append(f"column {name!r} ({dtype.simpleString()}) is missing")
+                if name not in ADDABLE_COLUMNS:
+                    problems.append(f"column {name!r} ({dtype.simpleString()}) is missing")
             elif have[name] != dtype:
                 problems.append(
                     f"column {name!r} is {have[name].simpleString()}, this job writes {dtype.simpleString()}"
@@ -103,64 +167,135 @@ class DeltaOutput:
         extra = [n for n in have if n not in want]
         if extra:
             problems.append(f"unexpected columns {extra}")
-        existing_partitions = self.table.partition_columns(self.spark)
-        if list(existing_partitions) != list(partition_columns):
-            problems.append(f"partitioned by {existing_partitions}, this job partitions by {list(partition_columns)}")
+        if list(partitions) != [c.name for c in unit_columns]:
+            problems.append(f"partitioned by {partitions}, this job partitions by {[c.name for c in unit_columns]}")
+        for key, value in layout.items():
+            if key in props and props[key] != value:
+                problems.append(f"it was written with {key.removeprefix('spark_infer.')}={props[key]}, "
+                                f"this job has {value}")
         if problems:
             raise ConfigError(
                 f"output={self.table.ref!r}: existing table does not match this job: " + "; ".join(problems)
-                + " (choose another output or fix the job's task/columns)"
+                + " (choose another output, or set the job back to how the table was written)"
             )
 
     # -- writes -----------------------------------------------------------------------------------
-    def ensure(self, schema: StructType, partition_columns: Sequence[str]) -> None:
-        from delta.tables import DeltaTable
-
-        builder = DeltaTable.createIfNotExists(self.spark)
-        t = self.table
-        builder = builder.location(t.location) if t.is_path else builder.tableName(t.ref)
-        builder = builder.addColumns(schema).partitionedBy(*partition_columns)
+    def _properties(self, layout: Mapping[str, str]) -> dict[str, str]:
         props = dict(READER_FRIENDLY_PROPERTIES)
+        props["delta.setTransactionRetentionDuration"] = self.txn_retention
+        if self.stats_columns:
+            props["delta.dataSkippingStatsColumns"] = ",".join(self.stats_columns)
         if self.change_data_feed:
             props["delta.enableChangeDataFeed"] = "true"
-        for k, v in props.items():
-            builder = builder.property(k, v)
+        props.update(layout)
+        return props
+
+    def ensure(self, schema: StructType, unit_columns: Sequence[UnitColumn], layout: Mapping[str, str]) -> None:
+        if self.exists():
+            self._upgrade(schema, layout)
+            return
+        cols = ", ".join(f"`{f.name.replace('`', '``')}` {f.dataType.simpleString()}" for f in schema.fields)
+        parts = ", ".join(c.ident for c in unit_columns)
+        props = ", ".join(f"'{k}' = '{v}'" for k, v in self._properties(layout).items())
+        sql = (f"CREATE TABLE IF NOT EXISTS {self.table.sql_name} ({cols}) USING delta "
+               + (f"PARTITIONED BY ({parts}) " if parts else "") + f"TBLPROPERTIES ({props})")
         try:
-            builder.execute()
+            self.spark.sql(sql)
         except Exception:
-            # a concurrent run created it between our check and our commit: fine if it now exists
-            if not self.exists():
-                raise
+            # another run created it at the same moment: fine once it is there (its commit may
+            # still be landing when ours failed)
+            for _ in range(20):
+                if self.exists():
+                    return
+                time.sleep(0.5)
+            raise
+
+    def _upgrade(self, schema: StructType, layout: Mapping[str, str]) -> None:
+        """Add lineage columns and properties an older version of spark-infer did not write."""
+        existing, _, props = self._metadata()
+        have = set(existing.fieldNames())
+        missing = [f for f in schema.fields if f.name not in have and f.name in ADDABLE_COLUMNS]
+        if missing:
+            cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+            self.spark.sql(f"ALTER TABLE {self.table.sql_name} ADD COLUMNS ({cols})")
+            event("output_upgraded", output=self.ref, added_columns=",".join(f.name for f in missing))
+        want = {k: v for k, v in self._properties(layout).items()
+                if k.startswith("spark_infer.") or k == "delta.setTransactionRetentionDuration"}
+        new = {k: v for k, v in want.items() if k not in props}
+        if new:
+            kv = ", ".join(f"'{k}' = '{v}'" for k, v in new.items())
+            self.spark.sql(f"ALTER TABLE {self.table.sql_name} SET TBLPROPERTIES ({kv})")
 
     def app_id(self, units_id: str) -> str:
         """A stable Delta application id per (output table, units)."""
         digest = hashlib.sha256(f"{self.table.location}\0{units_id}".encode()).hexdigest()[:24]
         return f"spark-infer-{digest}"
 
-    def write_units(self, df: DataFrame, predicate: str, units_id: str, plan_version: int) -> None:
+    def write_units(self, df: DataFrame, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
+        app_id = self.app_id(units_id)
         # txnVersion = the version the run planned at + 1: two runs planned at the same version
         # collide on purpose, so only one of them ever writes these units
+        marker = json.dumps({"spark_infer_run": run_id, "app": app_id}, separators=(",", ":"))
         writer = (
             df.write.format("delta")
             .mode("overwrite")
             .option("replaceWhere", predicate)
-            .option("txnAppId", self.app_id(units_id))
+            .option("txnAppId", app_id)
             .option("txnVersion", str(plan_version + 1))
+            .option("userMetadata", marker)
         )
         if self.table.is_path:
             writer.save(self.table.location)
         else:
             writer.saveAsTable(self.table.ref)
+        return self._verify(app_id, marker, plan_version, units_id)
+
+    def delete_units(self, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
+        empty = self.spark.createDataFrame([], self.table.read(self.spark).schema)
+        return self.write_units(empty, predicate, "delete:" + units_id, plan_version, run_id)
+
+    def _verify(self, app_id: str, marker: str, plan_version: int, units_id: str) -> int:
+        """The version our commit landed at; raises when Delta skipped the write."""
+        snap = open_log(self.location)
+        if snap is not None:
+            history = snap.table.history(max(1, snap.version - plan_version))
+            mine = [h for h in history if h.get("userMetadata") == marker]
+            txn = snap.transaction_version(app_id)
+        else:
+            rows = self.spark.sql(f"DESCRIBE HISTORY {self.table.sql_name} LIMIT 200").select(
+                "version", "userMetadata").collect()
+            mine = [{"version": r["version"]} for r in rows if r["userMetadata"] == marker]
+            txn = plan_version + 1 if any(r["version"] > plan_version for r in rows) and not mine else None
+        if mine:
+            return int(mine[0]["version"])
+        if txn is not None and txn >= plan_version + 1:
+            raise ConcurrentRunError(f"another run committed units {units_id} of {self.ref} first; rerun to finish")
+        raise RuntimeError(f"the write of units {units_id} to {self.ref} did not commit (no commit carries it)")
 
     def is_conflict(self, exc: BaseException) -> bool:
+        if isinstance(exc, ConcurrentRunError):
+            return True
         text = f"{type(exc).__name__} {exc}"
         return any(w in text for w in _CONFLICTS)
+
+    def compact(self) -> None:
+        self.spark.sql(f"OPTIMIZE {self.table.sql_name}")
 
     def append_run_record(self, record: dict[str, Any]) -> None:
         ref = TableRef(self.runs_table)
         df = self.spark.createDataFrame([record], RUNS_SCHEMA)
-        w = df.write.format("delta").mode("append").option("delta.enableDeletionVectors", "false")
+        w = df.write.format("delta").mode("append").option("mergeSchema", "true")
+        if not ref.exists(self.spark):
+            w = w.option("delta.enableDeletionVectors", "false")
         if ref.is_path:
             w.save(ref.location)
         else:
             w.saveAsTable(ref.ref)
+
+
+def _committed(states: set[str | None], fps: set[str | None], files: set[str | None], rows: int,
+               errors: int) -> Committed:
+    def one(values: set[str | None]) -> str | None:
+        return next(iter(values)) if len(values) == 1 else None
+
+    return Committed(state=one(states), fingerprint=one(fps), rows=rows, files=one(files), error_rows=errors)
