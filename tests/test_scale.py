@@ -1,0 +1,112 @@
+"""Cost follows the work: metadata plans, commit groups, one scan per group, sane files, bounded logs."""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+from jobutil import delta_versions, rows_for
+
+from spark_infer import run_job
+from spark_infer.sinks.delta import DeltaOutput
+from spark_infer.units import UnitColumn, predicate
+
+SCHEMA = "id long, category string, text string"
+
+
+def test_a_compaction_of_the_input_rescores_nothing(spark, tmp_path, tiny_bert):
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    for k in range(3):  # three appends: three small files per partition
+        rows = rows_for("books", 100 * k, 4) + rows_for("toys", 1000 + 100 * k, 3)
+        spark.createDataFrame(rows, SCHEMA).write.format("delta").mode("append").partitionBy("category").save(inp)
+    first = run_job({"input": inp, "output": out, "model": tiny_bert})
+    assert first.exit_code == 0 and len(first.units_committed) == 2
+    spark.sql(f"OPTIMIZE delta.`{inp}`")
+    files = DeltaTable(inp).get_add_actions(flatten=True).num_rows
+    assert files == 2  # compacted: the units' files all changed
+    version = delta_versions(out)[-1]
+    again = run_job({"input": inp, "output": out, "model": tiny_bert})
+    assert again.exit_code == 0 and again.units_committed == [] and again.plan["units_done"] == 2
+    assert again.spark_jobs["plan"] > 0  # the two units were hashed (their files changed) ...
+    assert delta_versions(out)[-1] == version  # ... and found unchanged: nothing written
+
+
+def test_small_units_share_one_commit_and_each_keeps_its_own_state(spark, tmp_path, tiny_bert):
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    cats = [f"c{k:02d}" for k in range(12)]
+    rows = [r for k, c in enumerate(cats) for r in rows_for(c, 100 * k, 3)]
+    spark.createDataFrame(rows, SCHEMA).write.format("delta").partitionBy("category").save(inp)
+    s = run_job({"input": inp, "output": out, "model": tiny_bert, "group_units": 5})
+    assert s.exit_code == 0 and len(s.units_committed) == 12 and s.plan["groups"] == 3
+    assert delta_versions(out) == [0, 1, 2, 3]  # create + one commit per group
+    states = {r.category: r.input_state for r in spark.read.format("delta").load(out)
+              .select("category", "input_state").distinct().collect()}
+    assert len(states) == 12 and len(set(states.values())) == 12  # per unit, not per group
+    # one unit of a committed group changes: only it is scored again
+    spark.createDataFrame(rows_for("c03", 300, 3, variant="v2"), SCHEMA).write.format("delta") \
+        .mode("overwrite").option("replaceWhere", "category = 'c03'").save(inp)
+    s2 = run_job({"input": inp, "output": out, "model": tiny_bert, "group_units": 5})
+    assert s2.units_committed == ["category=c03"] and s2.plan["units_done"] == 11
+
+
+def test_buckets_of_a_group_are_scored_from_one_scan(spark, tmp_path, tiny_bert):
+    inp = str(tmp_path / "in")
+    spark.createDataFrame(rows_for("books", 0, 64), SCHEMA).write.format("delta").save(inp)
+    jobs = {}
+    for n in (2, 16):
+        s = run_job({"input": inp, "output": str(tmp_path / f"out{n}"), "model": tiny_bert, "buckets": n})
+        filled = spark.read.format("delta").load(inp).selectExpr(f"pmod(xxhash64(id), {n})").distinct().count()
+        assert s.exit_code == 0 and s.plan["units_total"] == filled and s.plan["groups"] == 1
+        jobs[n] = s.spark_jobs["score_commit"]
+    assert jobs[16] == jobs[2], jobs  # many more buckets, the same Spark jobs: one scan per group
+
+
+def test_output_files_are_sized_by_rows_and_optimize_compacts(spark, tmp_path, tiny_bert):
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    spark.createDataFrame(rows_for("books", 0, 40) + rows_for("toys", 100, 6), SCHEMA).write.format("delta") \
+        .partitionBy("category").save(inp)
+    s = run_job({"input": inp, "output": out, "model": tiny_bert, "rows_per_file": 15, "score_partitions": 2})
+    assert s.exit_code == 0
+    books = glob.glob(os.path.join(out, "category=books", "*.parquet"))
+    toys = glob.glob(os.path.join(out, "category=toys", "*.parquet"))
+    assert len(toys) == 1  # a small unit is one file, however many tasks scored it
+    assert len(books) == 3 and max(pq.ParquetFile(f).metadata.num_rows for f in books) <= 15
+    # optimize: true compacts after a run that wrote
+    spark.createDataFrame(rows_for("garden", 200, 5), SCHEMA).write.format("delta").mode("append").save(inp)
+    s = run_job({"input": inp, "output": out, "model": tiny_bert, "optimize": True})
+    assert s.exit_code == 0 and "optimize" in s.durations_s
+    ops = [r.operation for r in spark.sql(f"DESCRIBE HISTORY delta.`{out}` LIMIT 1").collect()]
+    assert ops == ["OPTIMIZE"]
+
+
+def test_transaction_ids_expire_and_the_log_is_checkpointed(spark, tmp_path):
+    from pyspark.sql.types import LongType, StringType, StructField, StructType
+
+    path = str(tmp_path / "out")
+    out = DeltaOutput(spark, path, txn_retention="interval 2 seconds")
+    schema = StructType([StructField("id", LongType()), StructField("category", StringType())])
+    cols = [UnitColumn("category", "string")]
+    out.ensure(schema, cols, {})
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.checkpointInterval' = '2')")
+
+    def write(cat: str, version: int) -> None:
+        out.write_units(spark.createDataFrame([(version, cat)], schema), predicate(cols, (cat,)), cat, version, "r")
+
+    for k in range(11):  # eleven groups, each with its own transaction id
+        write(f"c{k}", k)
+    time.sleep(3)  # past the retention: the next checkpoint drops those ids
+    write("last", 20)
+    write("last2", 21)
+    checkpoints = glob.glob(os.path.join(path, "_delta_log", "*.checkpoint.parquet"))
+    assert checkpoints, "a table written by many commits is checkpointed"
+    latest = max(checkpoints)
+    txns = [t["appId"] for t in pq.read_table(latest, columns=["txn"]).column("txn").to_pylist() if t]
+    assert sorted(txns) == sorted([out.app_id("last"), out.app_id("last2")]), txns  # not carried forever
+    table = DeltaTable(path)
+    assert table.transaction_version(out.app_id("c0")) is None  # expired
+    assert table.transaction_version(out.app_id("last2")) == 22
+    assert pa.table(table.get_add_actions(flatten=True)).num_rows == 13  # no data lost
