@@ -7,9 +7,9 @@
 # MAGIC changed partitions and commits nothing when everything is done. The notebook has no logic of its
 # MAGIC own: it is `run_job` with its config taken from the widgets.
 # MAGIC
-# MAGIC * **Cluster**: classic compute in *dedicated (single user)* access mode, with `spark_infer` installed
-# MAGIC   (cluster library,
-# MAGIC   or `%pip install /Volumes/<catalog>/<schema>/<volume>/spark_infer-0.1.0-py3-none-any.whl`).
+# MAGIC * **Compute**: any access mode: dedicated clusters, standard (shared) or serverless compute (Spark
+# MAGIC   Connect sessions), with `spark_infer` installed (cluster / environment library, or
+# MAGIC   `%pip install /Volumes/<catalog>/<schema>/<volume>/spark_infer-0.2.0-py3-none-any.whl`).
 # MAGIC   The active `spark` session is reused (Delta is built in on Databricks).
 # MAGIC * **input**: a Delta table (catalog name or path). Empty = the demo sample table (`spark-infer demo`),
 # MAGIC   written once under `demo_dir`.

@@ -9,9 +9,9 @@
 # MAGIC model fingerprint, so the next run rescores everything. The notebook has no logic of its own: it is
 # MAGIC `run_job` with its config taken from the widgets.
 # MAGIC
-# MAGIC * **Cluster**: classic compute in *dedicated (single user)* access mode, GPU workers recommended, with
-# MAGIC   `spark_infer` installed (cluster library,
-# MAGIC   or `%pip install /Volumes/<catalog>/<schema>/<volume>/spark_infer-0.1.0-py3-none-any.whl`).
+# MAGIC * **Compute**: a dedicated GPU cluster for real models (Spark Connect compute, standard or serverless,
+# MAGIC   runs it too, on CPUs), with `spark_infer` installed (cluster library, or
+# MAGIC   `%pip install /Volumes/<catalog>/<schema>/<volume>/spark_infer-0.2.0-py3-none-any.whl`).
 # MAGIC   The active `spark` session is reused (Delta is built in on Databricks).
 # MAGIC * **input**: a Delta table (catalog name or path). Empty = the demo sample table (`spark-infer demo`),
 # MAGIC   written once under `demo_dir`.

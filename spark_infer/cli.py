@@ -71,6 +71,8 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
                    help="output units whose input unit is gone (default: delete)")
     p.add_argument("--model-revision", dest="model_revision", help="hub revision or registry version to pin")
     p.add_argument("--master")
+    p.add_argument("--remote", help="Spark Connect URL, e.g. sc://host:15002 (default: $SPARK_REMOTE)")
+    p.add_argument("--py-files", dest="py_files", help="comma-separated .py/.zip files the workers import")
     p.add_argument("--job-name", dest="job_name")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="task option (repeatable; JSON values)")
     p.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Spark conf (repeatable; taken as given)")
@@ -88,8 +90,9 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
 def overrides_from(ns: argparse.Namespace) -> dict[str, Any]:
     """Config fields given as flags (None = not given)."""
     d = {k: v for k, v in vars(ns).items() if k not in ("config", "option", "conf") and v is not None}
-    if isinstance(d.get("partition_by"), str):
-        d["partition_by"] = [c.strip() for c in d["partition_by"].split(",") if c.strip()]
+    for key in ("partition_by", "py_files"):
+        if isinstance(d.get(key), str):
+            d[key] = [c.strip() for c in d[key].split(",") if c.strip()]
     if ns.option:
         d["task_options"] = _json_values(_pairs(ns.option, "--option"))
     if ns.conf:

@@ -87,6 +87,12 @@ class JobConfig(BaseModel):
     # spark
     job_name: str = "spark-infer"
     master: str | None = None
+    remote: str | None = Field(
+        default=None, description="Spark Connect URL (sc://host:port; Databricks Connect); default: $SPARK_REMOTE"
+    )
+    py_files: list[str] = Field(
+        default_factory=list, description=".py/.zip files the workers must import (a custom predictor's code)"
+    )
     spark_conf: dict[str, str] = Field(default_factory=dict)
     delta_jars: str | None = Field(default=None, description="comma-separated local Delta jars (air-gapped)")
     summary_json: str | None = Field(default=None, description="run record JSON (default: a temp-dir file)")
@@ -134,6 +140,16 @@ class JobConfig(BaseModel):
         if isinstance(v, dict):
             return {str(k): str(x).lower() if isinstance(x, bool) else str(x) for k, x in v.items()}
         return v
+
+    @field_validator("py_files")
+    @classmethod
+    def _files_exist(cls, v: list[str]) -> list[str]:
+        missing = [f for f in v if not os.path.isfile(f)]
+        if missing:
+            raise ValueError(f"no such file(s) {missing}")
+        if any(not f.endswith((".py", ".zip", ".egg")) for f in v):
+            raise ValueError("only .py, .zip and .egg files can be shipped to the workers")
+        return [os.path.abspath(f) for f in v]
 
     @model_validator(mode="after")
     def _distinct(self) -> JobConfig:

@@ -17,6 +17,8 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
+import sys
 import threading
 import time
 import uuid
@@ -116,6 +118,10 @@ class ScoringJob:
         if self.spec is None:
             t0 = time.monotonic()
             cfg = self.cfg
+            for path in cfg.py_files:  # the driver imports a custom predictor from them too
+                entry = path if path.endswith((".zip", ".egg")) else os.path.dirname(path)
+                if entry not in sys.path:
+                    sys.path.insert(0, entry)
             self.spec = make_spec(cfg.task, cfg.model, revision=cfg.model_revision,
                                   device_kind=self._device_kind(), **cfg.task_option_values())
             self.summary.model = self.spec.reference
@@ -131,6 +137,8 @@ class ScoringJob:
         if self.cfg.gpus_per_task:
             return "cuda"
         master = self.cfg.master or ""
+        if self.cfg.remote or os.environ.get("SPARK_REMOTE"):
+            return "cpu"  # a Connect server's workers: GPUs need gpus_per_task (classic clusters)
         if master.startswith("local") or not master:
             from spark_infer.runtime.device import cuda_available
 
@@ -143,7 +151,7 @@ class ScoringJob:
             t0 = time.monotonic()
             conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(self.cfg.arrow_batch_size),
                     **self.cfg.spark_conf}
-            self.spark = build_session(self.cfg.job_name, self.cfg.master, conf, self.cfg.delta_jars)
+            self.spark = build_session(self.cfg.job_name, self.cfg.master, conf, self.cfg.delta_jars, self.cfg.remote)
             self.summary.durations_s["session_start"] = round(time.monotonic() - t0, 3)
         if self.caps is None:
             self.caps = capabilities(self.spark)
@@ -151,6 +159,8 @@ class ScoringJob:
                 raise DeltaMissing("Delta Lake classes are not on this Spark session's classpath")
             # runtime conf also applies to a session we did not create (notebook, spark-submit)
             self._set_session_conf("spark.sql.execution.arrow.maxRecordsPerBatch", str(self.cfg.arrow_batch_size))
+            for path in self.cfg.py_files:
+                self.caps.ship_python_file(path)
         if self.sink is None:
             self.sink = open_sink(
                 self.cfg.output_format, self.spark, self.cfg.output, change_data_feed=self.cfg.change_data_feed,
@@ -368,9 +378,11 @@ class ScoringJob:
 
         # A few groups in flight at once hide Spark's per-job latency (planning, commit) behind
         # another group's scoring; each group is still its own atomic commit.
+        tasks_now = caps.watch_tasks() if acc is None else None
         with (
             Progress(len(p.pending), p.pending_rows, interval_s=cfg.progress_interval_s,
-                     rows_now=lambda: (acc.value or {}).get("rows", 0) if acc is not None else 0) as progress,
+                     rows_now=(lambda: (acc.value or {}).get("rows", 0)) if acc is not None else None,
+                     tasks_now=tasks_now) as progress,
             ThreadPoolExecutor(max_workers=max(1, cfg.concurrent_units), thread_name_prefix="group") as pool,
         ):
             futures = [pool.submit(score, g) for g in groups]
@@ -381,6 +393,7 @@ class ScoringJob:
                         f.result(timeout=0.5)
                     except TimeoutError:
                         continue
+        caps.stop_watching()
         if conflict:
             raise ConcurrentRunError(
                 f"another run wrote to {cfg.output} concurrently; committed units are kept, rerun to finish"
@@ -471,4 +484,7 @@ class ScoringJob:
             ok_keys.sort(key=order.__getitem__)
             return [(units[k], label(cols, k)) for k in ok_keys], failed, counters
         finally:
-            scored.unpersist()
+            try:
+                scored.unpersist()
+            except Exception:  # noqa: BLE001 - a stop may interrupt it; the cache goes with the session
+                pass

@@ -87,7 +87,7 @@ class Progress:
     """
 
     def __init__(self, units_total: int, rows_total: int, interval_s: float = 30.0, rows_now=None,
-                 bar: bool | None = None) -> None:
+                 bar: bool | None = None, tasks_now=None) -> None:
         self.units_total = units_total
         self.rows_total = rows_total
         self.units_done = 0
@@ -95,6 +95,7 @@ class Progress:
         self.start = time.monotonic()
         self.interval_s = interval_s
         self._rows_now = rows_now
+        self._tasks_now = tasks_now
         self._history: deque[tuple[float, int]] = deque([(self.start, 0)])
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -144,11 +145,18 @@ class Progress:
 
     def _fields(self, rows: int) -> dict[str, Any]:
         rate, eta = self._rates(rows)
-        return {
+        fields: dict[str, Any] = {
             "units": f"{self.units_done}/{self.units_total}", "rows_done": f"{rows}/{self.rows_total}",
             "rows_per_s_1m": rate, "eta_s": eta,
             "pct": 100.0 * rows / self.rows_total if self.rows_total else 100.0,
         }
+        if self._tasks_now is not None:  # Spark Connect: the server's task progress of groups in flight
+            try:
+                done, total = self._tasks_now()
+                fields["tasks_in_flight"] = f"{done}/{total}"
+            except Exception:  # noqa: BLE001 - progress must never break a run
+                pass
+        return fields
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -19,6 +19,14 @@ def scoring_profile(caps: SessionCapabilities, gpus_per_task: float | None, cpus
     """A ResourceProfile with the task's GPU/CPU request, or None where none can or need apply."""
     if not gpus_per_task and not cpus_per_task:
         return None
+    if caps.remote:
+        from spark_infer.errors import ConfigError
+
+        raise ConfigError(
+            "config fields 'gpus_per_task'/'cpus_per_task' need a classic session: a Spark Connect session "
+            "(Databricks serverless or standard compute) cannot attach resource profiles; run on a dedicated "
+            "GPU cluster instead"
+        )
     master = caps.master
     if master.startswith("local") and not master.startswith("local-cluster"):
         event("resource_profile_skipped", master=master, reason="local_masters_cannot_schedule_gpus",

@@ -180,8 +180,13 @@ def _error_line(msg: str) -> None:
 
 
 def _delta_missing_message(job: ScoringJob | None) -> str:
-    from spark_infer.delta_jars import delta_flags
+    from spark_infer.delta_jars import DELTA_CONFS, DELTA_PACKAGE, delta_flags
 
+    if job is not None and job.caps is not None and job.caps.remote:
+        confs = " ".join(f"--conf {k}={v}" for k, v in DELTA_CONFS.items())
+        return ("the Spark Connect server has no Delta Lake (the server owns its classpath, nothing can be "
+                f"added from this client): start the server with --packages {DELTA_PACKAGE} {confs} "
+                "(Databricks compute has Delta built in)")
     return ("Delta Lake is not on this Spark session's classpath; start it with "
             + " ".join(delta_flags(job.cfg.delta_jars if job else None)))
 

@@ -2,12 +2,20 @@
 
 Both are thin: they read the task's resources (GPU address, CPU share), take the model from the
 per-process cache and hand Arrow batches to the runtime. Worker counters (rows, tokens, errors,
-OOM backoffs, model loads) come back to the driver through the session (an accumulator on classic
-sessions).
+OOM backoffs, model loads) come back to the driver in whatever way the session supports:
+
+| path | classic session | Spark Connect |
+| --- | --- | --- |
+| `predict_udf(...).metrics()` | an accumulator | one Python-worker log line per task, summed from `python_worker_logs()` |
+| `predict_frame(..., metrics=ScoringMetrics())` | one metric row per task, summed by an `Observation` | the same |
+| the job | metric rows summed by its own per-group aggregation | the same |
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,7 +27,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from spark_infer.errors import ConfigError
 from spark_infer.runtime import score_stream
-from spark_infer.runtime.metrics import new_counters
+from spark_infer.runtime.metrics import COUNTER_NAMES, new_counters
 from spark_infer.runtime.options import RuntimeOptions
 from spark_infer.runtime.spec import ModelSpec, make_spec
 
@@ -57,15 +65,85 @@ def new_metrics_accumulator(spark: SparkSession | None = None):
 
 
 def _counters_accumulator(spark: SparkSession | None):
-    from spark_infer.sessions import capabilities
+    from spark_infer.sessions import active_session, capabilities
 
-    spark = spark or SparkSession.getActiveSession()
+    spark = spark or active_session()
     return capabilities(spark).counters_accumulator() if spark is not None else None
 
 
 def _flush(counters: Counter[str], acc) -> None:
     if acc is not None:
         acc.add({k: v for k, v in counters.items() if v})
+
+
+#: the logger whose one line per task carries a UDF's counters on Spark Connect
+METRICS_LOGGER = "spark_infer.metrics"
+WORKER_LOGS_CONF = "spark.sql.pyspark.worker.logging.enabled"
+
+
+def _log_counters(udf_id: str, counters: Counter[str]) -> None:
+    """One line per task with this UDF's counters, captured by Spark's Python worker logs."""
+    logging.getLogger(METRICS_LOGGER).warning("%s %s", udf_id, json.dumps({k: v for k, v in counters.items() if v}))
+
+
+def _sum_counters(parts: Sequence[dict[str, int] | None]) -> dict[str, int]:
+    total: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+    for part in parts:
+        for k, v in (part or {}).items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+class _WorkerLogMetrics:
+    """`.metrics()` of a UDF on Spark Connect: the per-task lines in the session's Python worker logs."""
+
+    def __init__(self, spark: Any, udf_id: str) -> None:
+        self.spark, self.udf_id = spark, udf_id
+
+    def __call__(self) -> dict[str, int]:
+        from pyspark.sql import functions as F
+
+        rows = (self.spark.tvf.python_worker_logs()
+                .where((F.col("logger") == METRICS_LOGGER) & F.col("msg").startswith(self.udf_id + " "))
+                .select("msg").collect())
+        return _sum_counters([json.loads(r.msg.split(" ", 1)[1]) for r in rows])
+
+
+class ScoringMetrics:
+    """Worker counters of a `predict_frame` DataFrame, on classic and Spark Connect sessions alike.
+
+        metrics = ScoringMetrics()
+        out = predict_frame(df, "text", "embed", keys=["id"], metrics=metrics); out.write.save(...)
+        metrics.value()        # {"rows": ..., "tokens": ..., "error_rows": ...}, after the action
+
+    Each scoring task adds one metric row; an `Observation` sums them during the first action on the
+    returned DataFrame (`value()` is empty before it), and the rows never reach the result.
+    """
+
+    def __init__(self) -> None:
+        self._observation: Any = None
+
+    def _observe(self, df: DataFrame) -> DataFrame:
+        from pyspark.sql import functions as F
+
+        try:
+            from pyspark.sql.connect.dataframe import DataFrame as ConnectFrame
+        except ImportError:  # no Connect client installed
+            ConnectFrame = ()  # noqa: N806
+        if isinstance(df, ConnectFrame):
+            from pyspark.sql.connect.observation import Observation
+        else:
+            from pyspark.sql.observation import Observation
+        self._observation = Observation(f"spark_infer_{uuid.uuid4().hex[:12]}")
+        observed = df.observe(self._observation, F.collect_list(F.col(METRICS_COL)).alias("m"))
+        return observed.where(F.col(METRICS_COL).isNull()).drop(METRICS_COL)
+
+    def value(self) -> dict[str, int]:
+        """The counters summed over every task of the first action (empty before it ran)."""
+        if self._observation is None:
+            return {}
+        got = self._observation.get or {}
+        return {k: v for k, v in _sum_counters(got.get("m") or []).items() if not k.startswith("placement|")}
 
 
 def predict_udf(
@@ -93,7 +171,9 @@ def predict_udf(
         **options: runtime options (token_budget, device, on_error) and task options.
 
     The returned UDF has `.spec` (the fingerprinted model spec) and `.metrics()` (worker counters
-    summed over finished tasks, when created with an active SparkSession).
+    summed over finished tasks, when created with an active SparkSession). On Spark Connect the
+    counters come from the session's Python worker logs, which this turns on
+    (`spark.sql.pyspark.worker.logging.enabled`, Spark 4.1+ servers).
     """
     from pyspark.sql.functions import arrow_udf
 
@@ -101,7 +181,15 @@ def predict_udf(
         options["max_length"] = max_length
     spec, runtime = _spec_and_runtime(task, model, None, None, dict(options, batch_size=batch_size))
     out_type = spec.output_type()
-    acc = _counters_accumulator(None)
+    from spark_infer.sessions import active_session, capabilities
+
+    session = active_session()
+    remote = session is not None and capabilities(session).remote
+    acc = None if remote else _counters_accumulator(session)
+    udf_id = f"udf-{uuid.uuid4().hex[:16]}"
+    if remote:
+        # counters travel as one log line per task: turn the session's Python worker logs on
+        session.conf.set(WORKER_LOGS_CONF, "true")
 
     def _score(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         counters = new_counters()
@@ -112,7 +200,10 @@ def predict_udf(
                 else:
                     yield out
         finally:
-            _flush(counters, acc)
+            if remote:
+                _log_counters(udf_id, counters)
+            else:
+                _flush(counters, acc)
 
     spark_type = from_arrow_type(out_type)
     if return_error:
@@ -121,7 +212,10 @@ def predict_udf(
         )
     fn = arrow_udf(_score, spark_type)  # SCALAR_ITER, from the type hints
     fn.spec = spec  # type: ignore[attr-defined]
-    fn.metrics = lambda: dict(acc.value) if acc is not None else {}  # type: ignore[attr-defined]
+    if remote:
+        fn.metrics = _WorkerLogMetrics(session, udf_id)  # type: ignore[attr-defined]
+    else:
+        fn.metrics = lambda: dict(acc.value) if acc is not None else {}  # type: ignore[attr-defined]
     return fn
 
 
@@ -155,12 +249,16 @@ def predict_frame(
 
     This is the path that can carry a ResourceProfile (stage-level scheduling: GPUs for the scoring
     stage only). Give either `task` + `model` + task options, or a ready `spec`; runtime options
-    as keywords or as one `runtime` object. `metrics`: an accumulator to collect worker counters.
+    as keywords or as one `runtime` object. `metrics`: a `ScoringMetrics` (any session) or, on a
+    classic session, an accumulator from `new_metrics_accumulator()`, to collect worker counters.
     `metric_rows=True` adds a `__spark_infer_metrics` map column, null on every scored row, set on
     one extra row per task (all other columns null) that carries that task's counters: how counters
     travel on sessions without accumulators.
     """
     spec, runtime = _spec_and_runtime(task, model, spec, runtime, options)
+    observer = metrics if isinstance(metrics, ScoringMetrics) else None
+    if observer is not None:
+        metrics, metric_rows = None, True
     if input_col is None:
         input_col = spec.input_columns()
         if input_col is None:
@@ -210,6 +308,5 @@ def predict_frame(
         finally:
             _flush(counters, metrics)
 
-    return src.mapInArrow(_score, schema, profile=profile) if profile is not None else src.mapInArrow(
-        _score, schema
-    )
+    out = src.mapInArrow(_score, schema, profile=profile) if profile is not None else src.mapInArrow(_score, schema)
+    return observer._observe(out) if observer is not None else out

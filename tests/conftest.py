@@ -15,8 +15,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH", "")) if p)
 sys.path.insert(0, TESTS)
 
+from cluster import free_port  # noqa: E402
 from jobutil import CATEGORIES, ROWS_PER_UNIT, cli_cmd, rows_for, run  # noqa: E402
 from tiny_models import make_tiny_bert, make_tiny_classifier  # noqa: E402
+
+
+#: the Spark Connect server's port: the plugin runs inside the shared session's JVM, so Connect
+#: clients (test subprocesses) and classic tests use one JVM with Delta on it
+CONNECT_PORT = free_port()
 
 
 @pytest.fixture(scope="session")
@@ -27,10 +33,31 @@ def spark(tmp_path_factory):
         "spark-infer-tests",
         master="local[2]",
         conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
-              "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("warehouse"))},
+              "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("warehouse")),
+              "spark.plugins": "org.apache.spark.sql.connect.SparkConnectPlugin",
+              "spark.connect.grpc.binding.address": "127.0.0.1",
+              "spark.connect.grpc.binding.port": str(CONNECT_PORT)},
     )
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def connect_url(spark) -> str:
+    """A Spark Connect server with Delta (in the shared session's JVM)."""
+    import socket
+
+    from jobutil import wait_for
+
+    def up() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", CONNECT_PORT), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    assert wait_for(up, timeout=60), f"no Spark Connect server on port {CONNECT_PORT}"
+    return f"sc://127.0.0.1:{CONNECT_PORT}"
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,14 @@ import os
 import pkgutil
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 from pyspark.sql import SparkSession
 
 from spark_infer.delta_jars import DELTA_CONFS, DELTA_PACKAGE, local_delta_jars, remember_resolved_jars
 from spark_infer.sessions.base import SessionCapabilities, registered_kinds
 
-__all__ = ["SessionCapabilities", "build_session", "capabilities", "quiet"]
+__all__ = ["SessionCapabilities", "active_session", "build_session", "capabilities", "quiet"]
 
 log = logging.getLogger("spark_infer")
 _discovered = False
@@ -43,21 +44,43 @@ def capabilities(spark: SparkSession) -> SessionCapabilities:
     raise TypeError(f"unsupported Spark session type {type(spark).__module__}.{type(spark).__name__}")
 
 
+def active_session() -> Any:
+    """The session this process is using (classic or Spark Connect), or None."""
+    active = SparkSession.getActiveSession()
+    if active is None:
+        try:
+            from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+            active = ConnectSession.getActiveSession()
+        except ImportError:  # no Connect client installed
+            active = None
+    return active
+
+
 def build_session(
     app_name: str = "spark-infer",
     master: str | None = None,
     conf: Mapping[str, str] | None = None,
     delta_jars: str | None = None,
-) -> SparkSession:
+    remote: str | None = None,
+) -> Any:
     """Get or create a session with Delta Lake.
 
+        spark = build_session("nightly", master="local[2]")          # classic, Delta jars added
+        spark = build_session("nightly", remote="sc://host:15002")   # Spark Connect
+
     From plain Python the Delta jars are added with `spark.jars` (delta_jars / $SPARK_INFER_DELTA_JARS)
-    or resolved by Ivy from Maven coordinates. When a session already runs (a notebook, Databricks,
-    spark-submit) it is reused as is; the job checks Delta's presence on it.
+    or resolved by Ivy from Maven coordinates. With `remote` (or $SPARK_REMOTE) the session is a Spark
+    Connect client: the server owns its classpath, so nothing is added and only runtime confs apply.
+    When a session already runs (a notebook, Databricks, spark-submit) it is reused as is; the job
+    checks Delta's presence on it.
     """
-    active = SparkSession.getActiveSession()
+    active = active_session()
     if active is not None:
         return active
+    remote = remote or (os.environ.get("SPARK_REMOTE") if not os.environ.get("PYSPARK_GATEWAY_PORT") else None)
+    if remote:
+        return _connect(app_name, remote, conf or {})
     effective_master = master or os.environ.get("MASTER") or (
         "local[*]" if not os.environ.get("PYSPARK_GATEWAY_PORT") else "")
     if pins_worker_python(effective_master):
@@ -93,6 +116,23 @@ def build_session(
         if not user_jars and not (conf or {}).get("spark.jars.packages"):
             remember_resolved_jars(capabilities(spark).conf_items().get("spark.jars"))
     quiet(spark)
+    return spark
+
+
+def _connect(app_name: str, remote: str, conf: Mapping[str, str]) -> Any:
+    """A Spark Connect session (`sc://...`, or `local[N]` for a server started in this process)."""
+    builder = SparkSession.builder.remote(remote).appName(app_name)
+    if remote.startswith("local") and pins_worker_python(remote):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the local server's workers
+        builder = builder.config(map=dict(conf))  # the local server starts with these
+        spark = builder.getOrCreate()
+    else:
+        spark = builder.getOrCreate()
+        for k, v in conf.items():  # a remote server takes runtime confs only
+            try:
+                spark.conf.set(k, v)
+            except Exception as exc:  # noqa: BLE001 - static confs belong to the server
+                log.warning("event=conf_not_set key=%s reason=%s", k, type(exc).__name__)
     return spark
 
 

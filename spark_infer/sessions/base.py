@@ -85,3 +85,11 @@ class SessionCapabilities(ABC):
     @abstractmethod
     def ship_python_file(self, path: str) -> None:
         """Make a .py/.zip/.egg importable in the executors' Python workers."""
+
+    def watch_tasks(self) -> Any:
+        """A callable giving (tasks done, tasks) of the session's jobs in flight, or None where the
+        session reports no progress (classic sessions count rows with an accumulator instead)."""
+        return None
+
+    def stop_watching(self) -> None:  # noqa: B027 - nothing to undo unless a kind watches
+        """Undo `watch_tasks`."""

@@ -26,7 +26,7 @@ class ClassicSession(SessionCapabilities):
 
     @classmethod
     def handles(cls, spark: Any) -> bool:
-        return isinstance(spark, SparkSession) and getattr(spark, "_jsparkSession", None) is not None
+        return isinstance(spark, SparkSession)  # a Connect session is another class
 
     @property
     def master(self) -> str:

@@ -244,31 +244,46 @@ class DeltaOutput:
             .option("txnVersion", str(plan_version + 1))
             .option("userMetadata", marker)
         )
-        if self.table.is_path:
-            writer.save(self.table.location)
-        else:
-            writer.saveAsTable(self.table.ref)
+        try:
+            if self.table.is_path:
+                writer.save(self.table.location)
+            else:
+                writer.saveAsTable(self.table.ref)
+        except Exception:
+            # a stop can interrupt the call after Delta committed: the commit counts if it is there
+            landed = self._find_commit(marker, plan_version)
+            if landed is not None:
+                return landed
+            raise
         return self._verify(app_id, marker, plan_version, units_id)
 
     def delete_units(self, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
         empty = self.spark.createDataFrame([], self.table.read(self.spark).schema)
         return self.write_units(empty, predicate, "delete:" + units_id, plan_version, run_id)
 
+    def _find_commit(self, marker: str, plan_version: int) -> int | None:
+        """The version of the commit carrying `marker` after `plan_version`, or None."""
+        try:
+            snap = open_log(self.location)
+            if snap is not None:
+                history = snap.table.history(max(1, snap.version - plan_version))
+                return next((int(h["version"]) for h in history if h.get("userMetadata") == marker), None)
+            rows = self.spark.sql(f"DESCRIBE HISTORY {self.table.sql_name} LIMIT 200").collect()
+            return next((int(r["version"]) for r in rows if r["userMetadata"] == marker), None)
+        except Exception:  # noqa: BLE001 - cannot tell: the caller's error stands
+            return None
+
     def _verify(self, app_id: str, marker: str, plan_version: int, units_id: str) -> int:
         """The version our commit landed at; raises when Delta skipped the write."""
+        landed = self._find_commit(marker, plan_version)
+        if landed is not None:
+            return landed
         snap = open_log(self.location)
         if snap is not None:
-            history = snap.table.history(max(1, snap.version - plan_version))
-            mine = [h for h in history if h.get("userMetadata") == marker]
-            txn = snap.transaction_version(app_id)
-        else:
-            rows = self.spark.sql(f"DESCRIBE HISTORY {self.table.sql_name} LIMIT 200").select(
-                "version", "userMetadata").collect()
-            mine = [{"version": r["version"]} for r in rows if r["userMetadata"] == marker]
-            txn = plan_version + 1 if any(r["version"] > plan_version for r in rows) and not mine else None
-        if mine:
-            return int(mine[0]["version"])
-        if txn is not None and txn >= plan_version + 1:
+            others = (snap.transaction_version(app_id) or -1) >= plan_version + 1
+        else:  # no log reader here: any commit since the plan means another writer was first
+            others = self.table.version(self.spark) > plan_version
+        if others:
             raise ConcurrentRunError(f"another run committed units {units_id} of {self.ref} first; rerun to finish")
         raise RuntimeError(f"the write of units {units_id} to {self.ref} did not commit (no commit carries it)")
 
