@@ -174,8 +174,10 @@ def _start(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Po
 
 @contextmanager
 def standalone_cluster(base_dir: str, cores: int = 4, memory: str = "3g",
-                       gpus: tuple[str, ...] = ("0", "1"), timeout_s: float = 120.0) -> Iterator[StandaloneCluster]:
-    """Start a master and one worker with `gpus` fake GPUs; always stops both (and their children)."""
+                       gpus: tuple[str, ...] = ("0", "1"), timeout_s: float = 120.0,
+                       worker_envs: list[dict[str, str]] | None = None) -> Iterator[StandaloneCluster]:
+    """Start a master and one worker with `gpus` fake GPUs (or one worker per entry of `worker_envs`,
+    each with those extra environment variables: separate "nodes"); always stops all of them."""
     marker = uuid.uuid4().hex
     gpu_script = fake_gpu_script(os.path.join(base_dir, "bin"), gpus)
     port, ui_port, worker_ui_port = free_port(), free_port(), free_port()
@@ -189,11 +191,15 @@ def standalone_cluster(base_dir: str, cores: int = 4, memory: str = "3g",
             ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
              "--webui-port", str(ui_port)],
             _daemon_env(base_dir, marker), os.path.join(base_dir, "logs", "master.out")))
-        cluster.procs.append(_start(
-            ["org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", str(cores),
-             "--memory", memory, "--webui-port", str(worker_ui_port)],
-            _daemon_env(base_dir, marker, worker_opts), os.path.join(base_dir, "logs", "worker.out")))
-        _wait_ready(cluster, timeout_s)
+        for i, extra in enumerate(worker_envs or [{}]):
+            env = {**_daemon_env(base_dir, marker, worker_opts), **extra}
+            if i:
+                env["SPARK_WORKER_DIR"] = os.path.join(base_dir, f"work{i}")
+            cluster.procs.append(_start(
+                ["org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", str(cores),
+                 "--memory", memory, "--webui-port", str(worker_ui_port if i == 0 else free_port())],
+                env, os.path.join(base_dir, "logs", f"worker{i or ''}.out")))
+        _wait_ready(cluster, timeout_s, workers=len(worker_envs or [{}]))
         yield cluster
     finally:
         for p in reversed(cluster.procs):  # worker first: it stops its executors
@@ -201,8 +207,8 @@ def standalone_cluster(base_dir: str, cores: int = 4, memory: str = "3g",
         kill_marked(marker)
 
 
-def _wait_ready(cluster: StandaloneCluster, timeout_s: float) -> None:
-    """Until the master's /json/ lists the worker ALIVE with all its GPUs; fail with the logs otherwise."""
+def _wait_ready(cluster: StandaloneCluster, timeout_s: float, workers: int = 1) -> None:
+    """Until the master's /json/ lists every worker ALIVE with all its GPUs; fail with the logs otherwise."""
     end = time.monotonic() + timeout_s
     last: object = None
     while time.monotonic() < end:
@@ -210,12 +216,12 @@ def _wait_ready(cluster: StandaloneCluster, timeout_s: float) -> None:
             if p.poll() is not None:
                 raise RuntimeError(f"spark daemon exited with {p.returncode}:\n{cluster.log_tail()}")
         try:
-            workers = cluster.alive_workers()
-            last = workers
-            for w in workers:
-                gpu = (w.get("resources") or {}).get("gpu") or {}
-                if sorted(gpu.get("addresses", [])) == sorted(cluster.gpus):
-                    return
+            alive = cluster.alive_workers()
+            last = alive
+            ready = [w for w in alive
+                     if sorted(((w.get("resources") or {}).get("gpu") or {}).get("addresses", [])) == sorted(cluster.gpus)]
+            if len(ready) >= workers:
+                return
         except OSError as exc:  # master UI not up yet
             last = exc
         time.sleep(0.5)

@@ -16,7 +16,7 @@ PKG = os.path.join(ROOT, "spark_infer")
 #: what the worker side (runtime, tasks, model sources) may import of the package
 WORKER_PACKAGES = ("spark_infer.runtime", "spark_infer.tasks", "spark_infer.models")
 WORKER_ALLOWED = ("spark_infer.runtime", "spark_infer.tasks", "spark_infer.models", "spark_infer.errors",
-                  "spark_infer.ddl", "spark_infer.log", "spark_infer.redact")
+                  "spark_infer.ddl", "spark_infer.log", "spark_infer.redact", "spark_infer.local_cache")
 
 
 def module_name(path: str) -> str:

@@ -75,7 +75,7 @@ def check_manifest(snapshot: ModelSnapshot, path: str) -> None:
     from spark_infer.models.fingerprint import manifest
 
     files, config = manifest(path)
-    if files == snapshot.manifest and config == snapshot.config_sha256:
+    if sorted(files) == sorted(snapshot.manifest) and config == snapshot.config_sha256:
         return
     want, have = dict(snapshot.manifest), dict(files)
     diffs = [f"{n}: missing here" for n in sorted(set(want) - set(have))]

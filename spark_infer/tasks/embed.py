@@ -30,7 +30,8 @@ class EmbedTask(HFTextTask):
     default_output_col = "embedding"
 
     def __init__(self, model_dir: str, options: EmbedOptions, device: str) -> None:
-        super().__init__(model_dir, options, device)
+        # a sentence-transformers folder may keep the transformer in a module folder (0_Transformer)
+        super().__init__(_st_module_dir(model_dir, "Transformer", ""), options, device)
         import torch
         from transformers import AutoModel
 
@@ -61,9 +62,21 @@ class EmbedTask(HFTextTask):
         return pa.ListArray.from_arrays(offsets, pa.array(arr.reshape(-1)))
 
 
+def _st_module_dir(model_dir: str, kind: str, default: str) -> str:
+    """The folder of a sentence-transformers module (`Transformer`, `Pooling`), as the folder's own
+    module list (`modules.json`) names it; `default` for folders without one."""
+    path = default
+    modules = os.path.join(model_dir, "modules.json")
+    if os.path.exists(modules):
+        with open(modules) as f:
+            listed = [m for m in json.load(f) if str(m.get("type", "")).endswith(kind)]
+        path = listed[0].get("path", default) if listed else default
+    return os.path.join(model_dir, path) if path else model_dir
+
+
 def _st_pooling(model_dir: str) -> str:
-    """Pooling from a sentence-transformers folder (1_Pooling/config.json); mean otherwise."""
-    cfg = os.path.join(model_dir, "1_Pooling", "config.json")
+    """Pooling from a sentence-transformers folder's Pooling module; mean when the folder has none."""
+    cfg = os.path.join(_st_module_dir(model_dir, "Pooling", "1_Pooling"), "config.json")
     if os.path.exists(cfg):
         with open(cfg) as f:
             c = json.load(f)

@@ -1,0 +1,94 @@
+"""The node-local model cache: a snapshot downloaded once per machine, whatever number of Python
+workers ask for it at once.
+
+Folders are keyed by the snapshot's immutable identity under `$SPARK_INFER_CACHE/models/` (default
+`~/.cache/spark-infer/models`). A download goes to a temporary folder, is checked against the
+driver's manifest (every file, every size), and is renamed into place only when complete, under a
+file lock, so concurrent workers on one node download once and never see half a model. Each
+download is recorded in `<key>.downloads` (one line: host, pid, time), which is how the tests count
+downloads per node.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from spark_infer.local_cache import cache_dir
+
+if TYPE_CHECKING:
+    from spark_infer.models.base import ModelSnapshot
+
+_COMPLETE = ".spark-infer-complete"
+
+
+def snapshot_key(snapshot: ModelSnapshot) -> str:
+    return hashlib.sha256(f"{snapshot.source}\0{snapshot.identity}".encode()).hexdigest()[:32]
+
+
+@contextmanager
+def _locked(path: str):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached_snapshot(snapshot: ModelSnapshot, download: Callable[[str], None]) -> str:
+    """The local folder of `snapshot`, calling `download(into_folder)` once per machine if needed."""
+    root = cache_dir("models")
+    key = snapshot_key(snapshot)
+    final = os.path.join(root, key)
+    if os.path.exists(os.path.join(final, _COMPLETE)):
+        return final
+    with _locked(os.path.join(root, key + ".lock")):
+        if os.path.exists(os.path.join(final, _COMPLETE)):
+            return final  # another worker finished it while we waited
+        partial = f"{final}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete folder from a killed download
+        os.makedirs(partial)
+        try:
+            download(partial)
+            _check_complete(snapshot, partial)
+            with open(os.path.join(partial, _COMPLETE), "w") as f:
+                f.write(snapshot.identity)
+            os.rename(partial, final)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        with open(os.path.join(root, key + ".downloads"), "a") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()} {time.time():.3f} {snapshot.reference}\n")
+    return final
+
+
+def _check_complete(snapshot: ModelSnapshot, folder: str) -> None:
+    """Every file of the manifest is there with its size (a cut-off download fails here)."""
+    from spark_infer.errors import ModelMismatchError
+
+    for rel, size in snapshot.manifest:
+        path = os.path.join(folder, rel)
+        if not os.path.isfile(path) or os.path.getsize(path) != size:
+            got = os.path.getsize(path) if os.path.isfile(path) else "no file"
+            raise ModelMismatchError(
+                f"model {snapshot.reference!r}: the download is incomplete or changed at the source "
+                f"({rel}: {got}, expected {size} bytes)"
+            )
+
+
+def downloads(snapshot: ModelSnapshot) -> list[str]:
+    """The download records of `snapshot` in this machine's cache (one line per download)."""
+    path = os.path.join(cache_dir("models"), snapshot_key(snapshot) + ".downloads")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line for line in f.read().splitlines() if line]

@@ -1,0 +1,214 @@
+"""Models from an MLflow registry or run: `models:/<name>/<version>`, `models:/<name>@<alias>`,
+`runs:/<run_id>/<path>` (Unity Catalog's registry too: `MLFLOW_REGISTRY_URI=databricks-uc`).
+
+Resolved once, on the driver, through MLflow's own client (`pip install 'spark-infer[mlflow]'`;
+tracking and registry URIs from `MLFLOW_TRACKING_URI` / `MLFLOW_REGISTRY_URI`): an alias becomes the
+version it points to now, and that version (`models:/minilm/3`) is what the fingerprint and the
+lineage column record, so moving an alias is a model change the plan shows. The snapshot is the
+version's storage location plus its file listing (names and sizes); workers download exactly that
+location once per node with MLflow's artifact client (no registry call) and load from local disk.
+
+Inside the logged model, the loadable folder is found from its `MLmodel` file: the transformers
+flavor (`model/` with the tokenizer in `components/tokenizer/`, joined into one folder on the
+worker), the sentence_transformers flavor (`model.sentence_transformer/`), or any folder holding a
+`config.json` / `predictor.json` (a plain folder of files, a custom predictor's folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+from typing import Any
+
+from spark_infer.errors import ConfigError
+from spark_infer.models.base import ModelSnapshot, ModelSource, register_source
+from spark_infer.models.cache import cached_snapshot
+from spark_infer.models.fingerprint import is_model_file
+from spark_infer.models.local import MODEL_MARKERS
+
+_MODELS = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))/?$")
+_RUNS = re.compile(r"^runs:/(?P<run>[^/]+)/(?P<path>.+)$")
+
+#: an unreachable registry fails in seconds, not after MLflow's default 7 retries (minutes)
+_FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def _mlflow() -> Any:
+    try:
+        import mlflow
+    except ImportError:
+        raise ConfigError("model references models:/ and runs:/ need MLflow: pip install 'spark-infer[mlflow]'") \
+            from None
+    for k, v in _FAST_FAIL.items():
+        os.environ.setdefault(k, v)
+    return mlflow
+
+
+def _listing(mlflow: Any, uri: str, prefix: str = "") -> list[tuple[str, int]]:
+    """(path relative to `uri`, size) of every artifact under `uri` (MLflow lists one level at a time)."""
+    out: list[tuple[str, int]] = []
+    for f in mlflow.artifacts.list_artifacts(artifact_uri=posixpath.join(uri, prefix) if prefix else uri):
+        rel = posixpath.join(prefix, posixpath.basename(f.path.rstrip("/")))
+        if f.is_dir:
+            out += _listing(mlflow, uri, rel)
+        else:
+            out.append((rel, int(f.file_size or 0)))
+    return out
+
+
+def _layout(mlflow: Any, uri: str, files: list[tuple[str, int]]) -> dict[str, str]:
+    """Where the loadable model is inside the logged artifacts: {"model": dir, "tokenizer": dir?}."""
+    names = {rel for rel, _ in files}
+    if "MLmodel" in names:
+        import yaml
+
+        text = mlflow.artifacts.load_text(posixpath.join(uri, "MLmodel"))
+        flavors = (yaml.safe_load(text) or {}).get("flavors") or {}
+        tf = flavors.get("transformers")
+        if tf and tf.get("model_binary"):
+            layout = {"model": tf["model_binary"]}
+            if "tokenizer" in (tf.get("components") or []):
+                layout["tokenizer"] = "components/tokenizer"
+            return layout
+        st = flavors.get("sentence_transformers")
+        data = (flavors.get("python_function") or {}).get("data")
+        if st and data:
+            return {"model": data}
+    # the shallowest folder holding a model marker
+    candidates = sorted((rel.count("/"), posixpath.dirname(rel)) for rel in names
+                        if posixpath.basename(rel) in MODEL_MARKERS)
+    if candidates:
+        return {"model": candidates[0][1]}
+    return {}
+
+
+@register_source
+class MlflowSource(ModelSource):
+    name = "mlflow"
+    priority = 20
+
+    @classmethod
+    def claims(cls, reference: str) -> bool:
+        return reference.startswith(("models:/", "runs:/"))
+
+    @classmethod
+    def resolve(cls, reference: str, revision: str | None = None) -> ModelSnapshot:
+        mlflow = _mlflow()
+        from mlflow.exceptions import MlflowException
+
+        client = mlflow.MlflowClient()
+        m, r = _MODELS.match(reference), _RUNS.match(reference)
+        try:
+            if m:
+                name, version, alias = m["name"], m["version"], m["alias"]
+                if revision is not None:
+                    if alias:
+                        raise ConfigError(f"model={reference!r} names an alias: drop model_revision={revision!r} "
+                                          "or name the model without the alias")
+                    version = revision
+                if alias:
+                    version = str(client.get_model_version_by_alias(name, alias).version)
+                elif version in ("latest", None):
+                    versions = client.search_model_versions(f"name = '{name}'")
+                    if not versions:
+                        raise ConfigError(f"model={reference!r}: registered model {name!r} has no versions")
+                    version = str(max(int(v.version) for v in versions))
+                mv = client.get_model_version(name, version)
+                uri = client.get_model_version_download_uri(name, str(mv.version))
+                resolved = f"models:/{name}/{mv.version}"
+                pinned = f"{name}/{mv.version}"
+            elif r:
+                if revision is not None:
+                    raise ConfigError(f"model_revision={revision!r}: a runs:/ reference is already one run's files")
+                run = client.get_run(r["run"])
+                from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+                uri = RunsArtifactRepository.get_underlying_uri(reference)
+                resolved, pinned = reference, run.info.run_id
+            else:
+                raise ConfigError(f"model={reference!r}: expected models:/<name>/<version>, models:/<name>@<alias> "
+                                  "or runs:/<run_id>/<path>")
+            files = _listing(mlflow, uri)
+            if not files:
+                raise ConfigError(f"model={reference!r}: no artifacts at {resolved} ({uri})")
+            layout = _layout(mlflow, uri, files)
+        except MlflowException as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"model={reference!r}: the MLflow registry could not resolve it: {msg} "
+                              f"(tracking URI {mlflow.get_tracking_uri()!r})") from None
+        if not layout:
+            raise ConfigError(f"model={reference!r}: the artifacts of {resolved} hold no loadable model "
+                              "(no MLmodel transformers/sentence_transformers flavor, no config.json or "
+                              "predictor.json)")
+        manifest = tuple((rel, size) for rel, size in _assembled(files, layout) if is_model_file(rel))
+        config = next((rel for rel, _ in manifest if rel in MODEL_MARKERS), None)
+        config_sha = ""
+        if config:
+            data = mlflow.artifacts.load_text(posixpath.join(uri, layout["model"], config))
+            config_sha = hashlib.sha256(data.encode()).hexdigest()
+        identity = hashlib.sha256(json.dumps([resolved, uri, sorted(files)]).encode()).hexdigest()
+        locator = json.dumps({"uri": uri, "layout": layout, "tracking_uri": mlflow.get_tracking_uri()})
+        return ModelSnapshot(source=cls.name, reference=resolved, locator=locator, identity=identity,
+                             revision=pinned, manifest=manifest, config_sha256=config_sha)
+
+    @classmethod
+    def local_dir(cls, snapshot: ModelSnapshot) -> str:
+        loc = json.loads(snapshot.locator)
+
+        def download(into: str) -> None:
+            mlflow = _mlflow()
+            raw = os.path.join(into, ".artifacts")
+            layout = loc["layout"]
+            # the version's storage location itself: no registry call from the workers
+            mlflow.artifacts.download_artifacts(artifact_uri=loc["uri"], dst_path=raw,
+                                                tracking_uri=loc.get("tracking_uri"))
+            # one folder as every task loads it: the model's files, plus the tokenizer's beside them
+            for rel, src in _assembled_sources(_artifacts_root(raw, layout), layout):
+                target = os.path.join(into, rel)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(src, target)
+            shutil.rmtree(raw, ignore_errors=True)
+
+        return cached_snapshot(snapshot, download)
+
+
+def _assembled(files: list[tuple[str, int]], layout: dict[str, str]) -> list[tuple[str, int]]:
+    """(path in the assembled folder, size): the model folder's files, then the tokenizer's ones."""
+    out: dict[str, int] = {}
+    for key in ("tokenizer", "model"):  # model files win over tokenizer files of the same name
+        base = layout.get(key)
+        if base is None:
+            continue
+        prefix = base.rstrip("/") + "/" if base else ""
+        for rel, size in files:
+            if rel.startswith(prefix):
+                out[rel[len(prefix):]] = size
+    return sorted(out.items())
+
+
+def _artifacts_root(raw: str, layout: dict[str, str]) -> str:
+    """Where the logged model's top is inside a download folder (MLflow may add the URI's last name)."""
+    for candidate in [raw, *(os.path.join(raw, d) for d in sorted(os.listdir(raw)))]:
+        if os.path.isdir(os.path.join(candidate, layout["model"])) and any(
+                os.path.exists(os.path.join(candidate, layout["model"], m)) for m in MODEL_MARKERS):
+            return candidate
+    return raw
+
+
+def _assembled_sources(raw: str, layout: dict[str, str]) -> list[tuple[str, str]]:
+    """(path in the assembled folder, downloaded file) pairs, model files winning over tokenizer files."""
+    out: dict[str, str] = {}
+    for key in ("tokenizer", "model"):
+        base = layout.get(key)
+        if base is None:
+            continue
+        top = os.path.join(raw, base) if base else raw
+        for root, _, names in os.walk(top):
+            for n in names:
+                src = os.path.join(root, n)
+                out[os.path.relpath(src, top)] = src
+    return sorted(out.items())

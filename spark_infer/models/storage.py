@@ -1,0 +1,108 @@
+"""A model folder in object storage or on a mounted volume, through fsspec:
+`s3://bucket/models/minilm`, `gs://...`, `abfss://container@account.dfs.core.windows.net/...`,
+`file:///mnt/models/x`, `/Volumes/catalog/schema/volume/models/x` (Databricks Unity Catalog volumes).
+
+The driver lists the folder once: the snapshot's identity is every file's name, size and version
+tag (the object's ETag, a file's modification time), so a changed object is a changed model, and
+nothing is hashed. Each executor downloads the folder once per node into the local cache
+(`models/cache.py`) and loads from local disk: no shared filesystem is needed.
+
+Credentials come from the environment the way fsspec's filesystem packages read them (AWS_* and
+instance profiles for S3, GOOGLE_APPLICATION_CREDENTIALS for GCS, AZURE_* for ADLS), never from the
+job's config: set them on the driver and on the executors (`spark.executorEnv.*`, instance roles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from typing import Any
+
+from spark_infer.errors import ConfigError
+from spark_infer.models.base import ModelSnapshot, ModelSource, register_source
+from spark_infer.models.cache import cached_snapshot
+from spark_infer.models.fingerprint import is_model_file
+from spark_infer.models.local import MODEL_MARKERS
+
+#: prefixes of mounted paths that are copied to local disk like object storage
+_MOUNTS = ("/Volumes/", "/dbfs/")
+#: fsspec packages per scheme, for the error that names what to install
+_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "abfs": "adlfs", "abfss": "adlfs",
+             "az": "adlfs"}
+
+
+def _filesystem(locator: str) -> tuple[Any, str]:
+    import fsspec
+
+    url = locator
+    if url.startswith("s3a://"):  # Hadoop's name for S3
+        url = "s3://" + url[len("s3a://"):]
+    return fsspec.core.url_to_fs(url)
+
+
+def _version_tag(info: dict[str, Any]) -> str:
+    for key in ("ETag", "etag", "md5Hash", "generation", "version_id", "VersionId"):
+        if info.get(key):
+            return str(info[key]).strip('"')
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return ""
+
+
+@register_source
+class StorageSource(ModelSource):
+    name = "storage"
+    priority = 30
+
+    @classmethod
+    def claims(cls, reference: str) -> bool:
+        if reference.startswith(_MOUNTS):
+            return True
+        scheme = reference.split("://", 1)[0] if "://" in reference else ""
+        return bool(scheme) and scheme not in ("models", "runs", "hf", "http", "https")
+
+    @classmethod
+    def resolve(cls, reference: str, revision: str | None = None) -> ModelSnapshot:
+        if revision is not None:
+            raise ConfigError(f"model_revision={revision!r}: a storage folder has no revisions (its files are "
+                              "versioned by their ETags)")
+        scheme = reference.split("://", 1)[0] if "://" in reference else "file"
+        try:
+            fs, root = _filesystem(reference)
+        except (ImportError, ValueError) as exc:
+            package = _PACKAGES.get(scheme)
+            hint = f" (pip install {package}, or spark-infer[{scheme.rstrip('a')}])" if package else ""
+            raise ConfigError(f"model={reference!r}: cannot open {scheme}:// storage: {exc}{hint}") from None
+        try:
+            listing = fs.find(root, detail=True)
+        except Exception as exc:  # noqa: BLE001 - unreachable, no access, no such bucket
+            raise ConfigError(f"model={reference!r}: cannot list the folder ({type(exc).__name__}: {exc})") from None
+        files = {posixpath.relpath(p, root.rstrip("/")): info for p, info in listing.items()
+                 if info.get("type", "file") == "file"}
+        files = {rel: info for rel, info in files.items() if not rel.startswith("..") and is_model_file(rel)}
+        if not any(m in files for m in MODEL_MARKERS):
+            raise ConfigError(f"model={reference!r}: no config.json or predictor.json in that folder "
+                              f"({len(files)} files listed): not a loadable model")
+        manifest = tuple(sorted((rel, int(info.get("size") or 0)) for rel, info in files.items()))
+        tags = sorted(f"{rel}|{info.get('size')}|{_version_tag(info)}" for rel, info in files.items())
+        config = next(m for m in MODEL_MARKERS if m in files)
+        config_sha = hashlib.sha256(fs.cat_file(posixpath.join(root, config))).hexdigest()
+        identity = hashlib.sha256("\n".join([reference.rstrip("/"), *tags]).encode()).hexdigest()
+        return ModelSnapshot(source=cls.name, reference=reference, locator=json.dumps({"url": reference}),
+                             identity=identity, manifest=manifest, config_sha256=config_sha)
+
+    @classmethod
+    def local_dir(cls, snapshot: ModelSnapshot) -> str:
+        url = json.loads(snapshot.locator)["url"]
+
+        def download(into: str) -> None:
+            fs, root = _filesystem(url)
+            for rel, _ in snapshot.manifest:
+                target = os.path.join(into, *rel.split("/"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                fs.get_file(posixpath.join(root, rel), target)
+
+        return cached_snapshot(snapshot, download)
