@@ -130,8 +130,12 @@ class JobConfig(BaseModel):
     @field_validator("gpus_per_task")
     @classmethod
     def _gpu_amount(cls, v: float | None) -> float | None:
-        if v is not None and v > 1 and v != int(v):
-            raise ValueError("above 1 it must be a whole number (Spark rejects fractions above 1)")
+        if v is not None and v > 1:
+            raise ValueError(
+                "spark-infer scores on one GPU per task (a second GPU would idle): use 1, or a fraction "
+                "(0.5 = two tasks share a GPU), and more tasks for more GPUs; sharding one model over several "
+                "GPUs is not supported"
+            )
         return v
 
     @field_validator("spark_conf", mode="before")
@@ -155,6 +159,15 @@ class JobConfig(BaseModel):
     def _distinct(self) -> JobConfig:
         if self.input.rstrip("/") == self.output.rstrip("/"):
             raise ValueError("output must differ from input")
+        amount = self.spark_conf.get("spark.task.resource.gpu.amount")
+        if amount is not None:
+            try:
+                many = float(amount) > 1
+            except ValueError:
+                many = False
+            if many:
+                raise ValueError(f"spark_conf spark.task.resource.gpu.amount={amount}: spark-infer scores on one GPU "
+                                 "per task; set gpus_per_task (at most 1) instead")
         return self
 
     @property

@@ -34,6 +34,10 @@ class ModelMismatchError(SparkInferError, RuntimeError):
     """A worker loaded a model other than the one the driver fingerprinted (the task fails)."""
 
 
+class ModelDoesNotFit(SparkInferError, RuntimeError):
+    """The model cannot fit in what is left of the task's GPU (other tasks share it)."""
+
+
 class SystemicScoringError(SparkInferError, RuntimeError):
     """Nothing can be scored (a broken model or device): the task fails instead of writing error rows."""
 

@@ -399,7 +399,13 @@ class ScoringJob:
                 f"another run wrote to {cfg.output} concurrently; committed units are kept, rerun to finish"
             ) from conflict[0]
         self.summary.counters = {k: v for k, v in counters.items() if not k.startswith(PLACEMENT_PREFIX)}
-        self.summary.placement = sorted(k[len(PLACEMENT_PREFIX):] for k in counters if k.startswith(PLACEMENT_PREFIX))
+        self.summary.placement = sorted(k[len(PLACEMENT_PREFIX):] for k in counters
+                                        if k.startswith(PLACEMENT_PREFIX) and "|gpu_mem|" not in k)
+        for k, v in counters.items():  # the peak GPU memory of each (worker process, device)
+            if k.startswith(f"{PLACEMENT_PREFIX}gpu_mem|"):
+                _, _, pid, device, _ = k.split("|")
+                key = f"{pid}|{device}"
+                self.summary.gpu_memory_peak[key] = max(self.summary.gpu_memory_peak.get(key, 0), v)
         self.summary.durations_s["score_commit"] = round(time.monotonic() - t_all, 3)
         with self._stage("score_commit"):
             if cfg.optimize and self.summary.units_committed and not self.stop_requested.is_set():

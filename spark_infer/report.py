@@ -51,6 +51,8 @@ class RunSummary:
     durations_s: dict[str, float] = field(default_factory=dict)
     #: Spark jobs each stage ran (where the session can count them: classic sessions)
     spark_jobs: dict[str, int] = field(default_factory=dict)
+    #: "pid|cuda:N" -> the most bytes that Python worker allocated on that GPU (torch's peak)
+    gpu_memory_peak: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     started_at: str = ""
     ended_at: str = ""

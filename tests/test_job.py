@@ -169,7 +169,7 @@ def test_bad_configuration_is_named_and_writes_nothing(spark, tmp_path, tables, 
     _assert_config_error(tmp_path, capsys, ["--input", inp, "--output", out, "--model", str(tmp_path / "nope")],
                          "model=", "nope", out=out)
     _assert_config_error(tmp_path, capsys, [*base, "--option", "pooling=max"], "pooling", out=out)
-    _assert_config_error(tmp_path, capsys, [*base, "--gpus-per-task", "1.5"], "gpus_per_task", "whole number",
+    _assert_config_error(tmp_path, capsys, [*base, "--gpus-per-task", "1.5"], "gpus_per_task", "one GPU per task",
                          out=out)
     _assert_config_error(tmp_path, capsys, ["--input", str(tmp_path / "missing"), "--output", out,
                                             "--model", tiny_bert], "input=", "not an existing Delta table", out=out)

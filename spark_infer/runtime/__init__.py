@@ -6,22 +6,34 @@ the task's resources, gets the model from the per-process cache and scores each 
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from spark_infer.errors import ModelMismatchError, SystemicScoringError
+from spark_infer.errors import ModelDoesNotFit, ModelMismatchError, SystemicScoringError
 from spark_infer.runtime.batching import Runner, is_sticky_device_error, plan_micro_batches
 from spark_infer.runtime.cache import MODEL_CACHE, ModelCache
-from spark_infer.runtime.device import TaskResources, choose_device, set_threads, task_resources
+from spark_infer.runtime.device import (
+    TaskResources,
+    choose_device,
+    gpu_free_bytes,
+    gpu_peak_bytes,
+    set_threads,
+    task_resources,
+)
 from spark_infer.runtime.metrics import new_counters
 from spark_infer.runtime.options import RuntimeOptions
 from spark_infer.runtime.spec import ModelSpec, make_spec
+
+if TYPE_CHECKING:
+    from spark_infer.tasks.base import Task
 
 __all__ = [
     "MODEL_CACHE",
@@ -57,7 +69,7 @@ def open_runner(
     set_threads(resources)
     device = pinned_device(spec, choose_device(runtime.device, resources))
     counters = counters if counters is not None else new_counters()
-    task, loaded = cache.get(spec.cache_key(device), lambda: spec.load(device))
+    task, loaded = cache.get(spec.cache_key(device), lambda: _load_if_it_fits(spec, device))
     if loaded:
         counters["model_loads"] += 1
         # per (worker process, device): how the GPU placement tests count loads
@@ -66,6 +78,36 @@ def open_runner(
     runner.device = device
     runner.resources = resources
     return runner
+
+
+#: weight files whose sizes estimate a model's memory
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
+#: bytes of one parameter by precision; weights are stored in float32 unless a model says otherwise
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def model_bytes(spec: ModelSpec) -> int:
+    """An estimate of the memory the model's weights take on the device, from the snapshot's files:
+    the stored size, halved when float32 weights are loaded in 16 bits (a lower bound: activations
+    and the CUDA context come on top)."""
+    stored = sum(size for rel, size in spec.snapshot.manifest if rel.endswith(_WEIGHTS))
+    return stored * _BYTES.get(spec.dtype, 4) // 4
+
+
+def _load_if_it_fits(spec: ModelSpec, device: str) -> Task:
+    """Load the task, but fail at once when its weights cannot fit in the GPU's free memory (tasks
+    sharing a GPU at gpus_per_task < 1 each hold a copy): a clear error instead of an OOM loop."""
+    free = gpu_free_bytes(device)
+    need = model_bytes(spec)
+    if free is not None and need > free:
+        gib = 1 << 30
+        raise ModelDoesNotFit(
+            f"model {spec.reference!r} needs at least {need / gib:.2f} GiB on {device} in {spec.dtype}, but only "
+            f"{free / gib:.2f} GiB are free (each task sharing this GPU holds its own copy: with gpus_per_task="
+            f"1/N, N copies must fit). Use fewer tasks per GPU (a larger gpus_per_task), a smaller dtype, or a "
+            "larger GPU"
+        )
+    return spec.load(device)
 
 
 #: counters whose key starts with this describe task placement, not volumes (kept apart in reports)
@@ -91,12 +133,40 @@ def pinned_device(spec: ModelSpec, device: str) -> str:
 
 def _record_task(counters: Counter[str], runner: Runner, started_ns: int) -> None:
     res = runner.resources
+    peak = gpu_peak_bytes(runner.device)
+    if peak is not None:  # the most this worker held on its GPU (a max: one key per task attempt)
+        counters[f"{PLACEMENT_PREFIX}gpu_mem|{os.getpid()}|{runner.device}|{res.task_attempt_id}"] = peak
     if res.task_attempt_id is None:
         return
     counters[
         f"{PLACEMENT_PREFIX}task|{res.task_attempt_id}|{os.getpid()}|{','.join(res.gpu_addresses)}|"
         f"{runner.device}|{started_ns}|{time.time_ns()}"
     ] = 1
+
+
+def prefetches(runtime: RuntimeOptions, runner: Runner) -> bool:
+    """Whether to encode the next batch while the model runs: on GPUs (the CPU would idle), not on
+    CPUs (encoding and the model compete for the same cores), never for tasks that use their
+    tokenizer during predict (generation's stop strings)."""
+    if runtime.prefetch == "off" or not getattr(runner.task, "prefetch_safe", True):
+        return False
+    return runtime.prefetch == "on" or runner.device.startswith("cuda")
+
+
+def _look_ahead(runner: Runner, first: Sequence[Any], rest: Iterator[Sequence[Any]]
+                ) -> Iterator[tuple[pa.Array, pa.Array]]:
+    """A bounded one-batch look-ahead: batch k+1 is encoded in a thread while batch k runs."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spark-infer-encode") as pool:
+        offset = len(first)
+        pending = pool.submit(runner.prepare, first, 0)
+        while pending is not None:
+            prepared = pending.result()
+            following = next(rest, None)
+            pending = None
+            if following is not None:
+                pending = pool.submit(runner.prepare, following, offset)
+                offset += len(following)
+            yield runner.finish(prepared)
 
 
 def score_stream(
@@ -107,15 +177,21 @@ def score_stream(
 ) -> Iterator[tuple[pa.Array, pa.Array]]:
     """Score each batch of inputs; yields (outputs, errors) per batch, in input order."""
     runner: Runner | None = None
-    offset = 0
     started = time.time_ns()
     counters = counters if counters is not None else Counter()
+    it = iter(batches)
     try:
-        for inputs in batches:
-            if runner is None:  # load lazily: an empty partition never loads a model
-                runner = open_runner(spec, runtime, counters=counters)
-            yield runner.run(inputs, row_offset=offset)
-            offset += len(inputs)
+        first = next(it, None)
+        if first is None:
+            return  # an empty partition never loads a model
+        runner = open_runner(spec, runtime, counters=counters)
+        if prefetches(runtime, runner):
+            yield from _look_ahead(runner, first, it)
+        else:
+            offset = 0
+            for inputs in itertools.chain([first], it):
+                yield runner.run(inputs, row_offset=offset)
+                offset += len(inputs)
     except SystemicScoringError as exc:
         if runner is not None:
             # a model that cannot score anything is not kept for the next task

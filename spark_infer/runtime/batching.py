@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -98,6 +99,18 @@ def _free_accelerator_memory() -> None:
         pass
 
 
+@dataclass
+class Prepared:
+    """One batch of inputs, encoded: what `Runner.finish` runs through the model."""
+
+    n: int
+    valid: list[int]
+    errors: list[str | None]
+    encoded: Any
+    ok_rows: list[int]
+    row_offset: int
+
+
 class Runner:
     """Scores batches of inputs with one task instance; one Runner per Spark task.
 
@@ -130,28 +143,36 @@ class Runner:
 
         row_offset is added to row numbers in error messages (position in the task's input).
         """
-        n = len(inputs)
-        self.counters["rows"] += n
-        valid = [i for i, x in enumerate(inputs) if x is not None]
-        self.counters["null_rows"] += n - len(valid)
-        errors: list[str | None] = [None] * n
+        return self.finish(self.prepare(inputs, row_offset))
 
-        encoded, ok_rows = self._encode([inputs[i] for i in valid], [valid[j] for j in range(len(valid))],
-                                        errors, row_offset)
+    def prepare(self, inputs: Sequence[Any], row_offset: int = 0) -> Prepared:
+        """The CPU half of `run`: encode one batch of inputs (safe to run in another thread while
+        `finish` runs the model on the previous batch: it touches no shared state)."""
+        n = len(inputs)
+        valid = [i for i, x in enumerate(inputs) if x is not None]
+        errors: list[str | None] = [None] * n
+        encoded, ok_rows = self._encode([inputs[i] for i in valid], list(valid), errors, row_offset)
+        return Prepared(n, valid, errors, encoded, ok_rows, row_offset)
+
+    def finish(self, p: Prepared) -> tuple[pa.Array, pa.Array]:
+        """The model half of `run`: micro-batches of a prepared batch, outputs in input order."""
+        self.counters["rows"] += p.n
+        self.counters["null_rows"] += p.n - len(p.valid)
         pieces: list[pa.Array] = []
         positions: list[np.ndarray] = []  # input rows, in the order their outputs appear in pieces
-        if ok_rows:
-            lengths = [encoded.budget_length(j) for j in range(len(ok_rows))]
-            ok_rows_arr = np.asarray(ok_rows)
-            self.counters["tokens"] += int(sum(encoded.length(j) for j in range(len(ok_rows))))
+        encoded, errors = p.encoded, p.errors
+        if p.ok_rows:
+            lengths = [encoded.budget_length(j) for j in range(len(p.ok_rows))]
+            ok_rows_arr = np.asarray(p.ok_rows)
+            self.counters["tokens"] += int(sum(encoded.length(j) for j in range(len(p.ok_rows))))
             self.counters["truncated_rows"] += encoded.truncated
             for mb in plan_micro_batches(lengths, self.batch_size, self.token_budget):
                 self._run_micro_batch(encoded, mb, ok_rows_arr, lengths, pieces, positions, errors,
-                                      row_offset)
-        out = self._restore(n, pieces, positions)
+                                      p.row_offset)
+        out = self._restore(p.n, pieces, positions)
         n_err = sum(e is not None for e in errors)
         self.counters["error_rows"] += n_err
-        self.counters["scored_rows"] += len(valid) - n_err
+        self.counters["scored_rows"] += len(p.valid) - n_err
         return out, pa.array(errors, type=pa.string())
 
     # -- internals ------------------------------------------------------------------------------

@@ -83,6 +83,12 @@ def choose_device(option: str, resources: TaskResources, has_cuda: bool | None =
         raise ValueError(f"device must be auto, cpu or cuda, got {option!r}")
     if has_cuda is None:
         has_cuda = cuda_available()
+    if len(resources.gpu_addresses) > 1:
+        raise RuntimeError(
+            f"this Spark task holds {len(resources.gpu_addresses)} GPUs {list(resources.gpu_addresses)}: spark-infer "
+            "scores on one GPU per task (the others would idle); ask for one (gpus_per_task=1, or "
+            "spark.task.resource.gpu.amount=1) and run more tasks"
+        )
     if resources.gpu_addresses:
         if has_cuda:
             return f"cuda:{gpu_index(resources.gpu_addresses[0])}"
@@ -118,3 +124,21 @@ def set_threads(resources: TaskResources) -> None:
 
     if torch.get_num_threads() != resources.cpus:
         torch.set_num_threads(resources.cpus)
+
+
+def gpu_free_bytes(device: str) -> int | None:
+    """Free memory on a CUDA device (None for the CPU): the boundary the memory tests fake."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.mem_get_info(torch.device(device))[0])
+
+
+def gpu_peak_bytes(device: str) -> int | None:
+    """The most memory this process allocated on a CUDA device so far (None for the CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(torch.device(device)))

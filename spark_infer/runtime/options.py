@@ -28,6 +28,9 @@ class RuntimeOptions(BaseModel):
     on_error: Literal["null", "fail"] = Field(
         default="null", description="null: a row that raises gets a null output and its error; fail: fail the task"
     )
+    prefetch: Literal["auto", "on", "off"] = Field(
+        default="auto", description="encode the next Arrow batch while the model runs this one (auto: on GPUs)"
+    )
 
     @classmethod
     def fields(cls) -> set[str]:

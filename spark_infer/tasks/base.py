@@ -66,6 +66,8 @@ class Task(ABC):
     Options: ClassVar[type[TaskOptions]] = TaskOptions
     #: the job's output column when the config names none
     default_output_col: ClassVar[str] = "prediction"
+    #: whether `encode` may run in a thread while `predict` runs (False when predict uses the tokenizer)
+    prefetch_safe: ClassVar[bool] = True
 
     def __init__(self, model_dir: str, options: TaskOptions, device: str) -> None:
         self.model_dir = model_dir

@@ -124,6 +124,7 @@ class GenerateTask(HFTextTask):
 
     name = "generate"
     Options = GenerateOptions
+    prefetch_safe = False  # stop strings decode with the tokenizer while generating
 
     def __init__(self, model_dir: str, options: GenerateOptions, device: str) -> None:
         super().__init__(model_dir, options, device)
