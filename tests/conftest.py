@@ -19,7 +19,6 @@ from cluster import free_port  # noqa: E402
 from jobutil import CATEGORIES, ROWS_PER_UNIT, cli_cmd, rows_for, run  # noqa: E402
 from tiny_models import make_tiny_bert, make_tiny_classifier  # noqa: E402
 
-
 #: the Spark Connect server's port: the plugin runs inside the shared session's JVM, so Connect
 #: clients (test subprocesses) and classic tests use one JVM with Delta on it
 CONNECT_PORT = free_port()

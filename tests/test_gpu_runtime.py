@@ -13,7 +13,14 @@ import pyarrow as pa
 import pytest
 
 from spark_infer.errors import ConfigError, ModelDoesNotFit
-from spark_infer.runtime import MODEL_CACHE, RuntimeOptions, TaskResources, choose_device, open_runner, score_stream
+from spark_infer.runtime import (
+    MODEL_CACHE,
+    RuntimeOptions,
+    TaskResources,
+    choose_device,
+    open_runner,
+    score_stream,
+)
 from spark_infer.runtime import device as device_mod
 from spark_infer.runtime.spec import make_spec
 from spark_infer.tasks.base import Encoding, Task, TaskOptions
