@@ -5,7 +5,8 @@ gives each executor one, and the scoring stage's task-only ResourceProfile asks 
 Only CUDA is faked, inside the executors' Python workers: a test-only `sitecustomize.py` on
 `spark.executorEnv.PYTHONPATH` makes `spark_infer.runtime.device.cuda_available()` say True (so the
 task's address becomes `cuda:<addr>`, as on a GPU node) and loads a model asked for on `cuda:N` on the
-CPU instead (the model cache key and the placement records still say `cuda:N`). The library has no test
+CPU instead (the model cache key and the placement records still say `cuda:N`), and reports no GPU memory
+to check or record. The library has no test
 hooks; the fake lives in this file.
 """
 
@@ -49,6 +50,12 @@ if os.environ.get("SPARK_INFER_FAKE_CUDA") == "1":
         return _real_load(self, "cpu" if device.startswith("cuda") else device)
 
     _spec.ModelSpec.load = _load_on_cpu
+
+    # the memory boundaries: a fake GPU has room for any model and allocates nothing
+    import spark_infer.runtime as _runtime
+
+    _runtime.gpu_free_bytes = lambda device: None
+    _runtime.gpu_peak_bytes = lambda device: None
 '''
 
 

@@ -466,7 +466,10 @@ def no_visible_env(monkeypatch):
 def test_choose_device_assigned_gpu(no_visible_env) -> None:
     assert choose_device("auto", TaskResources(("1",)), has_cuda=True) == "cuda:1"
     assert choose_device("cuda", TaskResources(("0",)), has_cuda=True) == "cuda:0"
-    assert choose_device("AUTO", TaskResources(("2", "3")), has_cuda=True) == "cuda:2"
+    assert choose_device("AUTO", TaskResources(("2",)), has_cuda=True) == "cuda:2"
+    # a task given two GPUs would leave one idle: refused, naming the setting to change
+    with pytest.raises(RuntimeError, match=r"holds 2 GPUs \['2', '3'\].*gpus_per_task=1"):
+        choose_device("auto", TaskResources(("2", "3")), has_cuda=True)
 
 
 def test_choose_device_visible_devices_mapping(monkeypatch) -> None:
