@@ -1,6 +1,6 @@
 """Repeated kills: SIGKILL the job at random moments, rerun, and compare with an uninterrupted run.
 
-    python bench/bench_kill.py                  # 12 kills over 16 units, tiny BERT, local[2]
+    python bench/bench_kill.py                  # 12 kills over 32 units of 20 rows, tiny BERT, local[2]
     python bench/bench_kill.py --kills 20 --seed 7 --json kill.json
 
 Each attempt starts `spark-infer score` in its own process group and kills the whole group (driver,

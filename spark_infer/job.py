@@ -44,7 +44,7 @@ from spark_infer.runtime import PLACEMENT_PREFIX
 from spark_infer.runtime.spec import ModelSpec, make_spec
 from spark_infer.sessions import SessionCapabilities, build_session, capabilities
 from spark_infer.sinks import OutputTable, open_sink
-from spark_infer.udf import METRICS_COL, output_schema, predict_frame
+from spark_infer.udf import METRICS_COL, output_schema, predict_frame, sum_counters
 from spark_infer.units import UnitColumn, canonical_exprs, group_predicate, key_from_row, label, units_id
 
 #: the row hash travels with each scored row (it becomes the unit's content state)
@@ -438,9 +438,9 @@ class ScoringJob:
                 F.count(F.lit(1)).alias("__n"), F.count("error").alias("__errors"),
                 F.sum(F.col(HASH_COL).cast("decimal(38,0)")).alias("__h"),
             ).collect()
-            counters = {r["key"]: int(r["total"]) for r in scored.where(F.col(METRICS_COL).isNotNull())
-                        .select(F.explode(METRICS_COL).alias("key", "value"))
-                        .groupBy("key").agg(F.sum("value").alias("total")).collect()}
+            # one metric row per Spark task: few enough to sum here, without a shuffle (one Spark job)
+            counters = sum_counters([r[0] for r in scored.where(F.col(METRICS_COL).isNotNull())
+                                     .select(METRICS_COL).collect()])
             ok_rows, failed = [], {}
             for r in stats:
                 key = key_from_row(cols, r)

@@ -86,7 +86,8 @@ def _log_counters(udf_id: str, counters: Counter[str]) -> None:
     logging.getLogger(METRICS_LOGGER).warning("%s %s", udf_id, json.dumps({k: v for k, v in counters.items() if v}))
 
 
-def _sum_counters(parts: Sequence[dict[str, int] | None]) -> dict[str, int]:
+def sum_counters(parts: Sequence[dict[str, int] | None]) -> dict[str, int]:
+    """Sum per-task counter maps; every known counter is present (0 where no task reported it)."""
     total: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
     for part in parts:
         for k, v in (part or {}).items():
@@ -106,7 +107,7 @@ class _WorkerLogMetrics:
         rows = (self.spark.tvf.python_worker_logs()
                 .where((F.col("logger") == METRICS_LOGGER) & F.col("msg").startswith(self.udf_id + " "))
                 .select("msg").collect())
-        return _sum_counters([json.loads(r.msg.split(" ", 1)[1]) for r in rows])
+        return sum_counters([json.loads(r.msg.split(" ", 1)[1]) for r in rows])
 
 
 class ScoringMetrics:
@@ -143,7 +144,7 @@ class ScoringMetrics:
         if self._observation is None:
             return {}
         got = self._observation.get or {}
-        return {k: v for k, v in _sum_counters(got.get("m") or []).items() if not k.startswith("placement|")}
+        return {k: v for k, v in sum_counters(got.get("m") or []).items() if not k.startswith("placement|")}
 
 
 def predict_udf(

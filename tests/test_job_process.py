@@ -28,6 +28,8 @@ from jobutil import (
     wait_for,
 )
 
+from spark_infer import run_job
+
 pytestmark = pytest.mark.slow
 
 COMPARE = ["id", "category", "error", "model", "model_fingerprint", "task", "input_version", "input_state"]
@@ -48,7 +50,6 @@ def assert_same_output(spark, a: str, b: str) -> None:
 def test_sigkill_in_the_middle_of_a_group_then_rerun_is_exact(spark, units_input, tiny_bert, reference_output,
                                                               tmp_path):
     out = str(tmp_path / "out")
-    js = str(tmp_path / "rerun.json")
     # 3 commit groups of 2 units, one in flight at a time: the kill lands while group 2 is scored
     groups = ["--group-units", "2", "--concurrent-units", "1"]
     proc = start(cli_cmd("--input", units_input, "--output", out, "--model", tiny_bert, *groups),
@@ -61,12 +62,13 @@ def test_sigkill_in_the_middle_of_a_group_then_rerun_is_exact(spark, units_input
         kill_group(proc)
     commits = [v for v in delta_versions(out) if v > 0]
     assert 1 <= len(commits) < 3, "the kill must land mid-run"
-    r = run(cli_cmd("--input", units_input, "--output", out, "--model", tiny_bert, *groups, "--summary-json", js))
-    assert r.returncode == 0, r.stdout[-3000:]
-    s = summary(js)
+    # the rerun in this process (the shared session): the kill was the part that needs its own process
+    s = run_job({"input": units_input, "output": out, "model": tiny_bert, "group_units": 2, "concurrent_units": 1},
+                spark=spark)
+    assert s.exit_code == 0, s.error
     # only the units of uncommitted groups were scored again; the killed group is rescored whole
-    assert len(s["units_committed"]) == len(CATEGORIES) - 2 * len(commits)
-    assert s["plan"]["units_done"] == 2 * len(commits)
+    assert len(s.units_committed) == len(CATEGORIES) - 2 * len(commits)
+    assert s.plan["units_done"] == 2 * len(commits)
     assert_same_output(spark, out, reference_output)
 
 
@@ -88,7 +90,7 @@ def test_two_runs_at_once_both_plan_at_one_version_and_never_duplicate(spark, tm
     # same output version (checked below): their writes of the same groups collide
     job = ["--input", inp, "--output", out, "--task", "custom", "--model", _predictor_dir(tmp_path),
            "--option", "predictor=predictors:TextLength", "--option", 'columns=["text"]',
-           "--option", 'predictor_options={"delay_s": 2.0}', "--group-units", "2", "--concurrent-units", "1"]
+           "--option", 'predictor_options={"delay_s": 1.0}', "--group-units", "3", "--concurrent-units", "1"]
     procs = [start(cli_cmd(*job, "--summary-json", str(tmp_path / f"s{i}.json")), str(tmp_path / f"run{i}.log"))
              for i in range(2)]
     try:
@@ -104,8 +106,9 @@ def test_two_runs_at_once_both_plan_at_one_version_and_never_duplicate(spark, tm
     assert set(codes) <= {0, 4} and 4 in codes, (codes, [lg[-2000:] for lg in logs])
     res = spark.read.format("delta").load(out)
     assert res.count() == res.select("id").distinct().count()  # never a duplicate
-    r = run(cli_cmd(*job, "--summary-json", str(tmp_path / "s.json")))
-    assert r.returncode == 0, r.stdout[-3000:]
+    s = run_job({"input": inp, "output": out, "task": "custom", "model": _predictor_dir(tmp_path), "group_units": 3,
+                 "task_options": {"predictor": "predictors:TextLength", "columns": ["text"]}}, spark=spark)
+    assert s.exit_code == 0, s.error  # the rerun finishes the rest
     got = {row.id: row.prediction for row in spark.read.format("delta").load(out).collect()}
     assert got == {i: len(text) for i, _, text in rows}
 
@@ -157,12 +160,13 @@ def test_exit_3_when_one_unit_fails_in_spark_then_rerun_scores_only_it(spark, un
     assert [(x.status, x.exit_code, x.units_failed) for x in runs] == [("partial", 3, 1)]
     assert spark.read.format("delta").load(out).where("category = 'toys'").count() == 0  # nothing committed
 
-    flag.unlink()  # the model is back
-    js2 = str(tmp_path / "s2.json")
-    r = run(cli_cmd(*job, "--summary-json", js2))
-    assert r.returncode == 0, r.stdout[-3000:]
-    s2 = summary(js2)
-    assert s2["units_committed"] == ["category=toys"] and s2["plan"]["units_done"] == len(CATEGORIES) - 1
+    flag.unlink()  # the model is back; the rerun in this process (the shared session)
+    s2 = run_job({"input": units_input, "output": out, "task": "custom", "model": _predictor_dir(tmp_path),
+                  "group_units": 1, "score_partitions": 1,
+                  "task_options": {"predictor": "predictors:BrokenWhileFlagged", "columns": ["text", "category"],
+                                   "predictor_options": {"flag": str(flag), "category": "toys"}}}, spark=spark)
+    assert s2.exit_code == 0, s2.error
+    assert s2.units_committed == ["category=toys"] and s2.plan["units_done"] == len(CATEGORIES) - 1
     res = spark.read.format("delta").load(out)
     assert res.count() == TOTAL == res.select("id").distinct().count()
 

@@ -126,8 +126,9 @@ def s3(tmp_path_factory):
     creds = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
              "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
              "AWS_EC2_METADATA_DISABLED": "true"}
-    old = {k: os.environ.get(k) for k in creds}
-    os.environ.update(creds)
+    env = pytest.MonkeyPatch()  # module-scoped: the function-scoped monkeypatch fixture cannot be used
+    for k, v in creds.items():
+        env.setenv(k, v)
     import s3fs
 
     fs = s3fs.S3FileSystem(endpoint_url=creds["AWS_ENDPOINT_URL"])
@@ -137,11 +138,7 @@ def s3(tmp_path_factory):
     try:
         yield {"url": "s3://spark-infer-models/tiny", "env": creds, "local": model}
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        env.undo()
         server.stop()
 
 
@@ -319,7 +316,7 @@ def test_registry_errors_are_config_errors(spark, registry, tmp_path, small_inpu
 def test_workers_download_an_s3_model_once_per_node(s3, tmp_path):
     """Two standalone workers, each its own "node" (its own cache folder); the model is only in S3."""
     import pyarrow as pa
-    from cluster import kill_marked, standalone_cluster
+    from cluster import QUICK_JVM_OPTS, kill_marked, standalone_cluster
     from deltalake import DeltaTable, write_deltalake
 
     inp = str(tmp_path / "in")
@@ -332,7 +329,10 @@ def test_workers_download_an_s3_model_once_per_node(s3, tmp_path):
         out, js = str(tmp_path / "out"), str(tmp_path / "s.json")
         cmd = [sys.executable, "-m", "spark_infer", "score", "--master", c.url, "--input", inp, "--output", out,
                "--model", s3["url"], "--summary-json", js, "--group-units", "1", "--concurrent-units", "2",
-               "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memory=1g",
+               # one executor per node with two task slots: two Python workers of one node race for the
+               # download (the lock), without four executor JVMs on a 2-core machine
+               "--conf", "spark.executor.cores=2", "--conf", "spark.executor.memory=1g",
+               "--conf", f"spark.executor.extraJavaOptions={QUICK_JVM_OPTS}",
                "--conf", "spark.ui.enabled=false", "--conf", "spark.driver.host=127.0.0.1"]
         e = {**c.env(env()), **s3["env"], "SPARK_INFER_CACHE": str(tmp_path / "driver-cache")}
         try:
