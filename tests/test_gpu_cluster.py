@@ -30,8 +30,9 @@ from jobutil import env as job_env
 from spark_infer.resources import DISCOVERY_SCRIPT
 from spark_infer.run import ExitCode
 
-SCORE_PARTITIONS = 4  # Spark tasks per unit: 6 units x 4 = 24 scoring tasks per run
-CONCURRENT_UNITS = 3  # units scored and committed at once (hides per-unit latency)
+SCORE_PARTITIONS = 4  # Spark tasks per commit group: 3 groups x 4 = 12 scoring tasks per run
+GROUP_UNITS = 2  # 6 units in 3 commit groups (fewer Delta commits on a 2-core machine)
+CONCURRENT_UNITS = 3  # commit groups scored and committed at once (hides per-group latency)
 
 SITECUSTOMIZE = '''\
 """Test-only fake CUDA for Spark's Python workers (from tests/test_gpu_cluster.py)."""
@@ -69,9 +70,9 @@ gpu_cluster = cluster_fixture(scope="module", cores=4, memory="3g", gpus=("0", "
 def job_config(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("gpu_cfg") / "job.yaml")
     with open(path, "w") as f:
-        # one commit group per unit, so each unit is its own scoring stage of SCORE_PARTITIONS tasks;
+        # each commit group of GROUP_UNITS units is its own scoring stage of SCORE_PARTITIONS tasks;
         # float32 as on the CPU reference (the fake GPU computes on the CPU)
-        f.write(f"score_partitions: {SCORE_PARTITIONS}\nconcurrent_units: {CONCURRENT_UNITS}\ngroup_units: 1\n"
+        f.write(f"score_partitions: {SCORE_PARTITIONS}\nconcurrent_units: {CONCURRENT_UNITS}\ngroup_units: {GROUP_UNITS}\n"
                 "task_options: {dtype: float32}\n")
     return path
 
@@ -197,7 +198,7 @@ def run_and_check(master: str, marker: str, units_input: str, tiny_bert: str, jo
     print("\n".join(ln for ln in r.stdout.splitlines() if ln.startswith(("event=group_committed", "event=run_end"))))
     assert s["status"] == "succeeded" and len(s["units_committed"]) == len(CATEGORIES)
     tasks, loads = parse_placement(s["placement"])
-    assert len(tasks) == len(CATEGORIES) * SCORE_PARTITIONS, s["placement"]
+    assert len(tasks) == len(CATEGORIES) // GROUP_UNITS * SCORE_PARTITIONS, s["placement"]
     return s, tasks, loads
 
 

@@ -12,7 +12,7 @@ import uuid
 
 import numpy as np
 import pytest
-from jobutil import cli_cmd, env, rows_for, run, summary
+from jobutil import env, rows_for, run, summary
 from tiny_models import make_tiny_bert, make_tiny_classifier
 
 from spark_infer import run_job
@@ -140,21 +140,6 @@ def s3(tmp_path_factory):
     finally:
         env.undo()
         server.stop()
-
-
-@pytest.mark.slow
-def test_an_s3_model_scores_a_job_with_credentials_from_the_environment(spark, s3, tmp_path, small_input):
-    inp, rows = small_input
-    out, js = str(tmp_path / "out"), str(tmp_path / "s.json")
-    e = {**env(), **s3["env"], "SPARK_INFER_CACHE": str(tmp_path / "cache")}
-    r = run(cli_cmd("--input", inp, "--output", out, "--model", s3["url"], "--summary-json", js), env_vars=e)
-    assert r.returncode == 0, r.stdout[-4000:]
-    assert "testing" not in r.stdout  # the credentials are never printed
-    s = summary(js)
-    assert s["model"] == s3["url"] and len(s["units_committed"]) == 2
-    got = spark.read.format("delta").load(out).join(spark.read.format("delta").load(inp), "id")
-    got = {x.text: np.array(x.embedding) for x in got.select("text", "embedding").collect()}
-    np.testing.assert_allclose(np.array(list(got.values())), embed_direct(s3["local"], list(got)), atol=1e-5)
 
 
 # -- pinned hub revisions ----------------------------------------------------------------------------
@@ -314,7 +299,8 @@ def test_registry_errors_are_config_errors(spark, registry, tmp_path, small_inpu
 # -- shipping: no shared disk, one download per node ----------------------------------------------------------
 @pytest.mark.slow
 def test_workers_download_an_s3_model_once_per_node(s3, tmp_path):
-    """Two standalone workers, each its own "node" (its own cache folder); the model is only in S3."""
+    """Two standalone workers, each its own "node" (its own cache folder); the model is only in S3 and
+    the credentials only in the environment."""
     import pyarrow as pa
     from cluster import QUICK_JVM_OPTS, kill_marked, standalone_cluster
     from deltalake import DeltaTable, write_deltalake
@@ -340,7 +326,9 @@ def test_workers_download_an_s3_model_once_per_node(s3, tmp_path):
         finally:
             kill_marked(c.marker)
     assert r.returncode == 0, r.stdout[-6000:]
-    assert len(summary(js)["units_committed"]) == 4
+    assert "testing" not in r.stdout  # the credentials (from the environment) are never printed
+    s = summary(js)
+    assert s["model"] == s3["url"] and len(s["units_committed"]) == 4
     records = {}
     for n in nodes:
         logs = [f for f in os.listdir(os.path.join(n, "models")) if f.endswith(".downloads")]
@@ -350,3 +338,6 @@ def test_workers_download_an_s3_model_once_per_node(s3, tmp_path):
         f for f in os.listdir(os.path.join(tmp_path, "driver-cache", "models")) if f.endswith(".downloads")]
     got = DeltaTable(out).to_pyarrow_table(columns=["id", "embedding"]).to_pylist()
     assert len(got) == len(rows) and all(len(g["embedding"]) == 32 for g in got)
+    texts = {r[0]: r[2] for r in rows}  # the same weights as the folder that was uploaded
+    np.testing.assert_allclose(np.array([g["embedding"] for g in got]),
+                               embed_direct(s3["local"], [texts[g["id"]] for g in got]), atol=1e-5)
