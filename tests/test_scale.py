@@ -8,6 +8,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from deltalake import DeltaTable
 from jobutil import delta_versions, rows_for
 
@@ -83,6 +84,7 @@ def test_output_files_are_sized_by_rows_and_optimize_compacts(spark, tmp_path, t
     assert ops == ["OPTIMIZE"]
 
 
+@pytest.mark.slow
 def test_transaction_ids_expire_and_the_log_is_checkpointed(spark, tmp_path):
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
