@@ -134,6 +134,7 @@ def test_embeddings_notebook_runs_as_plain_python_and_rerun_commits_nothing(tmp_
     assert DeltaTable(out).version() == version  # a finished job rerun commits nothing
 
 
+@pytest.mark.slow
 def test_notebook_exits_with_the_config_error_code(tmp_path):
     """A bad widget value: the notebook exits with the job's code 2 and writes nothing."""
     out = str(tmp_path / "out")

@@ -54,6 +54,7 @@ def test_small_units_share_one_commit_and_each_keeps_its_own_state(spark, tmp_pa
     assert s2.units_committed == ["category=c03"] and s2.plan["units_done"] == 11
 
 
+@pytest.mark.slow
 def test_buckets_of_a_group_are_scored_from_one_scan(spark, tmp_path, tiny_bert):
     inp = str(tmp_path / "in")
     spark.createDataFrame(rows_for("books", 0, 64), SCHEMA).write.format("delta").save(inp)
@@ -66,6 +67,7 @@ def test_buckets_of_a_group_are_scored_from_one_scan(spark, tmp_path, tiny_bert)
     assert jobs[16] == jobs[2], jobs  # many more buckets, the same Spark jobs: one scan per group
 
 
+@pytest.mark.slow
 def test_output_files_are_sized_by_rows_and_optimize_compacts(spark, tmp_path, tiny_bert):
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     spark.createDataFrame(rows_for("books", 0, 40) + rows_for("toys", 100, 6), SCHEMA).write.format("delta") \
