@@ -30,6 +30,7 @@ def _runs(spark, out):
     return spark.read.format("delta").load(out + "_runs").orderBy("started_at", "ended_at").collect()
 
 
+@pytest.mark.slow
 def test_progress_lines_and_run_records_for_run_and_rerun(spark, tmp_path, tables, tiny_bert, capsys):
     inp, out, rows = tables
     js = str(tmp_path / "run1.json")
