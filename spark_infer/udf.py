@@ -127,15 +127,10 @@ class ScoringMetrics:
     def _observe(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
 
-        try:
-            from pyspark.sql.connect.dataframe import DataFrame as ConnectFrame
-        except ImportError:  # no Connect client installed
-            ConnectFrame = ()  # noqa: N806
-        if isinstance(df, ConnectFrame):
-            from pyspark.sql.connect.observation import Observation
-        else:
-            from pyspark.sql.observation import Observation
-        self._observation = Observation(f"spark_infer_{uuid.uuid4().hex[:12]}")
+        from spark_infer.sessions import capabilities
+
+        # the session seam knows which Observation its kind of session takes (classic or Connect)
+        self._observation = capabilities(df.sparkSession).observation(f"spark_infer_{uuid.uuid4().hex[:12]}")
         observed = df.observe(self._observation, F.collect_list(F.col(METRICS_COL)).alias("m"))
         return observed.where(F.col(METRICS_COL).isNull()).drop(METRICS_COL)
 

@@ -78,6 +78,12 @@ class SessionCapabilities(ABC):
         has none (then counters travel as metric rows)."""
         return None
 
+    def observation(self, name: str) -> Any:
+        """A named `Observation` for `DataFrame.observe` on this kind of session."""
+        from pyspark.sql.observation import Observation
+
+        return Observation(name)
+
     def conf_items(self) -> dict[str, str]:
         """The session's Spark confs (for relaunching the same job elsewhere)."""
         return {}

@@ -95,6 +95,11 @@ class ConnectSessionKind(SessionCapabilities):
         except Exception:  # noqa: BLE001 - the server may be going away
             pass
 
+    def observation(self, name: str) -> Any:
+        from pyspark.sql.connect.observation import Observation
+
+        return Observation(name)
+
     def ship_python_file(self, path: str) -> None:
         self.spark.addArtifacts(path, pyfile=True)
 
