@@ -91,7 +91,7 @@ def test_transaction_ids_expire_and_the_log_is_checkpointed(spark, tmp_path):
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
     path = str(tmp_path / "out")
-    out = DeltaOutput(spark, path, txn_retention="interval 2 seconds")
+    out = DeltaOutput(spark, path, txn_retention="interval 8 seconds")
     schema = StructType([StructField("id", LongType()), StructField("category", StringType())])
     cols = [UnitColumn("category", "string")]
     out.ensure(schema, cols, {})
@@ -102,7 +102,8 @@ def test_transaction_ids_expire_and_the_log_is_checkpointed(spark, tmp_path):
 
     for k in range(5):  # five groups, each with its own transaction id (the last commit is a checkpoint)
         write(f"c{k}", k)
-    time.sleep(3)  # past the retention: the next checkpoint drops those ids
+    time.sleep(9)  # past the retention: the next checkpoint drops those ids (8 s: the last two stay live
+    # however slow the machine is between their commits and the checks below)
     write("last", 20)
     write("last2", 21)
     checkpoints = glob.glob(os.path.join(path, "_delta_log", "*.checkpoint.parquet"))
