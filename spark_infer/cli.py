@@ -40,7 +40,8 @@ def _json_values(pairs: dict[str, str]) -> dict[str, Any]:
 
 def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Score a Delta table with a model, incrementally by partition.")
-    p.add_argument("--config", help="YAML or TOML file with any config field; flags override it")
+    p.add_argument("--config", help="YAML or TOML file (sections or flat fields, docs/configuration.md); "
+                   "flags override it")
     p.add_argument("--input", help="input Delta table (path or catalog name)")
     p.add_argument("--output", help="output Delta table (path or catalog name)")
     p.add_argument("--task", help="embed, classify, generate, zero_shot, custom")
@@ -57,7 +58,10 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     p.add_argument("--on-model-change", dest="on_model_change", choices=["rescore", "new_only"])
     p.add_argument("--gpus-per-task", dest="gpus_per_task", type=float)
     p.add_argument("--cpus-per-task", dest="cpus_per_task", type=int)
-    p.add_argument("--concurrent-units", dest="concurrent_units", type=int, help="commit groups in flight")
+    p.add_argument("--concurrent-groups", "--concurrent-units", dest="concurrent_groups", type=int,
+                   help="commit groups scored and committed at once (default 2)")
+    p.add_argument("--tasks-per-group", "--score-partitions", dest="tasks_per_group", type=int,
+                   help="Spark tasks that score one commit group (default: the cluster's parallelism)")
     p.add_argument("--group-rows", dest="group_rows", type=int, help="rows per commit group")
     p.add_argument("--group-units", dest="group_units", type=int, help="units per commit group, at most")
     p.add_argument("--rows-per-file", dest="rows_per_file", type=int, help="output rows per file, at most")

@@ -1,7 +1,7 @@
 """Plan: which units need scoring, compared with what the output holds, and how they are grouped.
 
-Pure decisions over states that were read elsewhere (`inputs.py` for the input, the sink for the
-output): `decide` splits the input's units into pending (with a reason), done, kept-with-an-old-model
+Pure decisions over states read elsewhere (`job/planner.py`, from the input's log and the sink):
+`decide` splits the input's units into pending (with a reason), done, kept-with-an-old-model
 and orphaned; `make_groups` packs pending units into commit groups. Nothing here touches Spark.
 """
 

@@ -74,11 +74,10 @@ def run_job(
     """
 
     def make_config() -> JobConfig:
-        if isinstance(config, JobConfig):
-            return build_config(overrides={**config.model_dump(), **overrides})
         if isinstance(config, str):
             return build_config(config, overrides)
-        return build_config(overrides={**dict(config), **overrides})
+        base = config.model_dump() if isinstance(config, JobConfig) else config
+        return build_config(base=base, overrides=overrides)
 
     return execute(make_config, spark=spark, sink=sink)
 
@@ -114,7 +113,8 @@ def execute(
         from spark_infer.job import ScoringJob
 
         job = ScoringJob(cfg, spark, sink)
-        event("run_start", run_id=job.run_id, job=cfg.job_name, task=cfg.task, input=cfg.input, output=cfg.output)
+        event("run_start", run_id=job.run_id, job=cfg.job_name, task=cfg.task, input=cfg.input.table,
+              output=cfg.output.table)
         try:
             job.resolve_model()
             job.make_plan()
@@ -125,7 +125,8 @@ def execute(
                 return job.summary
             raise
         if print_plan or cfg.dry_run:
-            print(format_plan(job.plan, cfg.input, cfg.id_col, None if cfg.dry_run else PLAN_LINES), flush=True)
+            print(format_plan(job.plan, cfg.input.table, cfg.input.id_col, None if cfg.dry_run else PLAN_LINES),
+                  flush=True)
         if cfg.dry_run:
             return _finish(job.summary, ExitCode.OK, "dry_run")
         job.run()
@@ -182,29 +183,30 @@ def _error_line(msg: str) -> None:
 def _delta_missing_message(job: ScoringJob | None) -> str:
     from spark_infer.delta_jars import DELTA_CONFS, DELTA_PACKAGE, delta_flags
 
-    if job is not None and job.caps is not None and job.caps.remote:
+    if job is not None and job.session.caps is not None and job.session.caps.remote:
         confs = " ".join(f"--conf {k}={v}" for k, v in DELTA_CONFS.items())
         return ("the Spark Connect server has no Delta Lake (the server owns its classpath, nothing can be "
                 f"added from this client): start the server with --packages {DELTA_PACKAGE} {confs} "
                 "(Databricks compute has Delta built in)")
     return ("Delta Lake is not on this Spark session's classpath; start it with "
-            + " ".join(delta_flags(job.cfg.delta_jars if job else None)))
+            + " ".join(delta_flags(job.cfg.resources.delta_jars if job else None)))
 
 
 def _relaunch(job: ScoringJob, argv: list[str] | None) -> int | None:
     """Under spark-submit without Delta: rerun the job with Delta's package; its exit code, or None."""
     from spark_infer.launch import RELAUNCH_ENV, relaunch_with_delta, under_spark_submit
 
-    if argv is None or not under_spark_submit() or os.environ.get(RELAUNCH_ENV) or job.caps is None:
+    caps = job.session.caps
+    if argv is None or not under_spark_submit() or os.environ.get(RELAUNCH_ENV) or caps is None:
         return None
-    return relaunch_with_delta(job.caps, argv, job.cfg.delta_jars)
+    return relaunch_with_delta(caps, argv, job.cfg.resources.delta_jars)
 
 
 def _record(job: ScoringJob) -> None:
     """Write the run record (JSON file, and a row beside the output) and the closing line."""
     s = job.summary
     s.ended_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    path = job.cfg.summary_json or os.path.join(
+    path = job.cfg.report.summary_json or os.path.join(
         tempfile.gettempdir(), "spark-infer-runs", f"{job.cfg.job_name}-{s.run_id}.json"
     )
     try:
@@ -215,7 +217,7 @@ def _record(job: ScoringJob) -> None:
         event("warning", what="run_record_json_not_written", path=path, error=str(exc))
         path = ""
     runs_table = ""
-    if job.cfg.record_runs and s.status not in ("config_error", "dry_run") and job.sink is not None:
+    if job.cfg.report.record_runs and s.status not in ("config_error", "dry_run") and job.sink is not None:
         runs_table = job.cfg.runs_table_ref
         try:
             job.sink.append_run_record(s.record())

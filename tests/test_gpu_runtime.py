@@ -131,7 +131,7 @@ def test_more_than_one_gpu_per_task_is_refused(tmp_path):
         build_config(overrides={**base, "gpus_per_task": 2})
     with pytest.raises(ConfigError, match="spark.task.resource.gpu.amount"):
         build_config(overrides={**base, "spark_conf": {"spark.task.resource.gpu.amount": "2"}})
-    assert build_config(overrides={**base, "gpus_per_task": 0.25}).gpus_per_task == 0.25
+    assert build_config(overrides={**base, "gpus_per_task": 0.25}).resources.gpus_per_task == 0.25
     # a task given two addresses anyway (a cluster default) fails instead of idling one
     with pytest.raises(RuntimeError, match="holds 2 GPUs"):
         choose_device("auto", TaskResources(gpu_addresses=("0", "1")), has_cuda=True)

@@ -1,0 +1,185 @@
+"""The scoring job: config -> plan -> score -> check -> commit -> report, one module per stage.
+
+    from spark_infer.job import ScoringJob
+    job = ScoringJob(JobConfig(input="/data/in", output="/data/out"), spark)
+    summary = job.run()          # plan, score and commit; summary.units_committed ...
+
+`ScoringJob` only sequences the stages; the lifecycle around it (signals, exit codes, the run
+record) is `spark_infer.run`. Where each stage lives:
+
+- `shape.py`: input/unit columns, the output's schema and layout (config errors, no Spark job);
+- `planner.py` reads the input's units and what the output holds; `spark_infer.plan` decides (pure,
+  shared with the plan's printing in `spark_infer.report`);
+- `groups.py` scores one commit group into staged rows; `checks.py` checks each unit's rows;
+- `commit.py` adds lineage and writes through the sink (`spark_infer.sinks`: the commit protocol);
+- `scheduler.py` keeps groups in flight, handles stops and conflicts, and reports progress;
+- `session.py` holds the Spark session, its capabilities, confs set for this run, stage tags.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+from pyspark.sql import SparkSession
+
+from spark_infer.config import JobConfig
+from spark_infer.inputs import InputUnit
+from spark_infer.job.checks import check_units
+from spark_infer.job.commit import GroupCommitter
+from spark_infer.job.groups import GroupScorer
+from spark_infer.job.planner import Planned, Planner
+from spark_infer.job.scheduler import GroupResult, GroupScheduler
+from spark_infer.job.session import JobSession
+from spark_infer.log import event
+from spark_infer.plan import Plan, make_groups
+from spark_infer.report import RunSummary
+from spark_infer.resources import scoring_profile
+from spark_infer.runtime.spec import ModelSpec, make_spec
+from spark_infer.sinks import OutputTable
+
+__all__ = ["Plan", "ScoringJob"]
+
+
+class ScoringJob:
+    """One run of a configured job.
+
+    `run()` raises on errors that end the run (ConfigError, ConcurrentRunError, Spark failures) and
+    leaves what it did so far in `summary`; `spark_infer.run` turns that into exit codes and records.
+    """
+
+    def __init__(self, cfg: JobConfig, spark: SparkSession | None = None, sink: OutputTable | None = None) -> None:
+        self.cfg = cfg
+        self.run_id = uuid.uuid4().hex[:16]
+        self.summary = RunSummary(run_id=self.run_id, job_name=cfg.job_name, input=cfg.input.table,
+                                  output=cfg.output.table, task=cfg.task)
+        self.summary.config_hash = hashlib.sha256(
+            json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()[:16]
+        self.summary.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.stop_requested = threading.Event()
+        #: every Spark job of this run carries this tag (what a stop cancels)
+        self.session = JobSession(cfg, f"spark-infer-{self.run_id}", self.summary, spark, sink)
+        self.spec: ModelSpec | None = None
+        self.planned: Planned | None = None
+
+    @property
+    def plan(self) -> Plan | None:
+        return self.planned.plan if self.planned is not None else None
+
+    @property
+    def sink(self) -> OutputTable | None:
+        return self.session.sink
+
+    def request_stop(self) -> None:
+        """SIGTERM/preemption: start no new group and cancel in-flight ones (nothing half-written:
+        an uncommitted write leaves no trace)."""
+        self.stop_requested.set()
+        self.session.cancel()
+
+    def run(self) -> RunSummary:
+        """Resolve the model, plan (once: what was printed is what runs), then score and commit."""
+        try:
+            self.resolve_model()
+            self.make_plan()
+            if not self.cfg.dry_run and not self.stop_requested.is_set():
+                self.score_and_commit()
+        finally:
+            if self.session.spark is not None:
+                self.session.restore_conf()
+        return self.summary
+
+    def resolve_model(self) -> ModelSpec:
+        """Task, options and model checked, resolved and fingerprinted before Spark starts."""
+        if self.spec is None:
+            t0 = time.monotonic()
+            cfg = self.cfg
+            for path in cfg.resources.py_files:  # the driver imports a custom predictor from them too
+                entry = path if path.endswith((".zip", ".egg")) else os.path.dirname(path)
+                if entry not in sys.path:
+                    sys.path.insert(0, entry)
+            self.spec = make_spec(cfg.task, cfg.model.ref, revision=cfg.model.revision,
+                                  device_kind=self._device_kind(), **cfg.task_option_values())
+            self.summary.model = self.spec.reference
+            self.summary.model_fingerprint = self.spec.fingerprint
+            self.summary.durations_s["fingerprint"] = round(time.monotonic() - t0, 3)
+        return self.spec
+
+    def _device_kind(self) -> str:
+        """Where the workers will score: part of the fingerprint (outputs differ by device and precision)."""
+        device, res = self.cfg.runtime.device, self.cfg.resources
+        if device in ("cpu", "cuda"):
+            return device
+        if res.gpus_per_task:
+            return "cuda"
+        master = res.master or ""
+        if res.remote or os.environ.get("SPARK_REMOTE"):
+            return "cpu"  # a Connect server's workers: GPUs need gpus_per_task (classic clusters)
+        if master.startswith("local") or not master:
+            from spark_infer.runtime.device import cuda_available
+
+            return "cuda" if cuda_available() else "cpu"
+        return "cpu"
+
+    def make_plan(self) -> Plan:
+        if self.planned is None:
+            self.planned = Planner(self.cfg, self.resolve_model(), self.session, self.summary).plan()
+        return self.planned.plan
+
+    def score_and_commit(self) -> None:
+        """Every pending unit scored, checked and committed, group by group; orphans removed."""
+        cfg, session, planned = self.cfg, self.session, self.planned
+        p, shape, sink = planned.plan, planned.shape, session.sink
+        res = cfg.resources
+        profile = scoring_profile(session.caps, res.gpus_per_task, res.cpus_per_task)  # fails before any write
+        with session.stage("score_commit"):
+            sink.ensure(shape.schema, shape.unit_cols, shape.layout)
+            base_version = sink.version()
+        if self.summary.output_version_before is None:
+            self.summary.output_version_before = base_version
+        session.set_conf("spark.sql.files.maxRecordsPerFile", str(cfg.output.rows_per_file))
+        metrics = session.caps.counters_accumulator()
+        scorer = GroupScorer(cfg, self.spec, shape, planned.input_df,
+                             res.tasks_per_group or session.caps.default_parallelism(), profile, metrics)
+        committer = GroupCommitter(cfg, self.spec, shape, sink, session.spark, self.run_id, p.input_version,
+                                   base_version)
+        groups = [[u for u, _ in g] for g in make_groups(p.pending, cfg.commit.group_rows, cfg.commit.group_units)]
+        self.summary.plan["groups"] = len(groups)
+        t_all = time.monotonic()
+        if p.orphaned and p.delete_orphans and not self.stop_requested.is_set():
+            keys = [k for k, _ in p.orphaned]
+            with session.stage("score_commit"):
+                committer.delete(keys)
+            self.summary.units_deleted = [p.label(k) for k in keys]
+            event("units_deleted", units=len(keys), reason="not_in_input", first=p.label(keys[0]), output=sink.ref)
+
+        def score_group(units: Sequence[InputUnit]) -> GroupResult:
+            staged = scorer.stage(units)
+            try:
+                ok, failed = check_units(staged.unit_stats(), {u.key: u for u in units}, shape.unit_cols,
+                                         cfg.commit.max_error_rate)
+                counters = staged.counters()
+                if ok:
+                    committer.commit(staged, ok)
+                done = {c.unit.key for c in ok}
+                return GroupResult([u for u in units if u.key in done], failed, counters)
+            finally:
+                staged.release()
+
+        GroupScheduler(p, self.summary, session, self.stop_requested, res.concurrent_groups,
+                       cfg.report.progress_interval_s).run(groups, score_group, metrics)
+        self.summary.durations_s["score_commit"] = round(time.monotonic() - t_all, 3)
+        with session.stage("score_commit"):
+            if cfg.output.optimize and self.summary.units_committed and not self.stop_requested.is_set():
+                t0 = time.monotonic()
+                sink.compact()
+                self.summary.durations_s["optimize"] = round(time.monotonic() - t0, 3)
+            self.summary.output_version_after = sink.version()
+        session.count_jobs("score_commit")

@@ -1,0 +1,94 @@
+"""Scoring one commit group into staged rows: the worker runtime over the group's units, its rows kept
+on the executors' disks (not recomputed: a model runs once per row) until they are checked and
+committed, with per-unit statistics and the workers' counters read back in two small Spark jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pyspark.sql import functions as F
+
+from spark_infer.inputs import InputUnit, row_hash
+from spark_infer.udf import METRICS_COL, predict_frame, sum_counters
+from spark_infer.units import UnitKey, canonical_exprs, group_predicate, key_from_row
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from spark_infer.config import JobConfig
+    from spark_infer.job.shape import JobShape
+    from spark_infer.runtime.spec import ModelSpec
+
+#: the row hash travels with each scored row (it becomes the unit's content state)
+HASH_COL = "__spark_infer_row_hash"
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """What one unit's scored rows hold: their count, error rows and summed row hashes.
+
+    `values` are the unit's canonical key values as Spark returned them (they join the rows to the
+    unit's lineage at commit)."""
+
+    key: UnitKey
+    values: tuple[Any, ...]
+    rows: int
+    errors: int
+    hash_sum: Any
+
+
+class StagedGroup:
+    """One group's scored rows, persisted until `release` (after the commit, or on failure)."""
+
+    def __init__(self, scored: DataFrame, shape: JobShape) -> None:
+        self._scored = scored
+        self.shape = shape
+        self.key_cols = [f"__k{i}" for i in range(len(shape.unit_cols))]
+        #: the scored rows (no metric rows) with each unit column's canonical value beside them
+        self.rows = scored.where(F.col(METRICS_COL).isNull()).selectExpr("*", *canonical_exprs(shape.unit_cols))
+
+    def unit_stats(self) -> list[UnitStats]:
+        stats = self.rows.groupBy(*self.key_cols).agg(
+            F.count(F.lit(1)).alias("__n"), F.count("error").alias("__errors"),
+            F.sum(F.col(HASH_COL).cast("decimal(38,0)")).alias("__h"),
+        ).collect()
+        return [UnitStats(key_from_row(self.shape.unit_cols, r), tuple(r[k] for k in self.key_cols),
+                          int(r["__n"]), int(r["__errors"]), r["__h"]) for r in stats]
+
+    def counters(self) -> dict[str, int]:
+        # one metric row per Spark task: few enough to sum here, without a shuffle (one Spark job)
+        return sum_counters([r[0] for r in self._scored.where(F.col(METRICS_COL).isNotNull())
+                             .select(METRICS_COL).collect()])
+
+    def release(self) -> None:
+        try:
+            self._scored.unpersist()
+        except Exception:  # noqa: BLE001 - a stop may interrupt it; the cache goes with the session
+            pass
+
+
+class GroupScorer:
+    """Scores the units of one group with the job's model, `tasks_per_group` Spark tasks wide."""
+
+    def __init__(self, cfg: JobConfig, spec: ModelSpec, shape: JobShape, input_df: DataFrame, parallelism: int,
+                 profile: Any, metrics: Any) -> None:
+        self.cfg, self.spec, self.shape, self.input_df = cfg, spec, shape, input_df
+        self.parallelism, self.profile, self.metrics = parallelism, profile, metrics
+
+    def stage(self, units: Sequence[InputUnit]) -> StagedGroup:
+        from pyspark import StorageLevel
+
+        shape = self.shape
+        rows = sum(u.rows for u in units)
+        src = self.input_df.where(group_predicate(shape.unit_cols, [u.key for u in units]))
+        src = src.withColumn(HASH_COL, row_hash(src, shape.hashed))
+        if self.parallelism > 1 and rows > 1:
+            src = src.repartition(min(self.parallelism, rows))
+        scored = predict_frame(
+            src, shape.input_expr, spec=self.spec, runtime=self.cfg.runtime, profile=self.profile,
+            keys=[*shape.keys, HASH_COL], output_col=self.cfg.prediction_col, metrics=self.metrics,
+            metric_rows=True,
+        ).persist(StorageLevel.DISK_ONLY)
+        return StagedGroup(scored, shape)

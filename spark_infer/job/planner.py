@@ -1,0 +1,105 @@
+"""Planning: read the input's units and what the output holds, as cheaply as they allow, and decide.
+
+The input is pinned at one version from its Delta log (delta-rs, no Spark job) where it can be, else
+through Spark. A unit whose files are the ones its output rows were scored from is unchanged without
+reading a row; only units whose files changed (a compaction, an update) are content-hashed. The
+decisions themselves are `plan.decide`, pure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from spark_infer.inputs import InputTable, InputUnit, content_states
+from spark_infer.job.shape import JobShape, shape_of
+from spark_infer.plan import Plan, bucket_expr, decide
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from spark_infer.config import JobConfig
+    from spark_infer.job.session import JobSession
+    from spark_infer.report import RunSummary
+    from spark_infer.runtime.spec import ModelSpec
+    from spark_infer.sinks import Committed
+    from spark_infer.units import UnitKey
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A plan with what scoring it needs: the job's shape and the input pinned at the plan's version."""
+
+    plan: Plan
+    shape: JobShape
+    input_df: DataFrame
+
+
+class Planner:
+    """Builds the run's one plan (what `--dry-run` prints is what runs)."""
+
+    def __init__(self, cfg: JobConfig, spec: ModelSpec, session: JobSession, summary: RunSummary) -> None:
+        self.cfg, self.spec, self.session, self.summary = cfg, spec, session, summary
+        self.input = InputTable(cfg.input.table)
+
+    def plan(self) -> Planned:
+        cfg, inp, session = self.cfg, self.input, self.session
+        t0 = time.monotonic()
+        if not inp.read_log():  # a catalog table, or a log delta-rs cannot read: ask Spark
+            session.open()
+            t0 = time.monotonic()
+            inp.read_spark(session.spark)
+        shape = shape_of(cfg, self.spec, inp.schema, inp.partition_columns)  # config errors need no Spark
+        spark = session.open()
+        with session.stage("plan"):
+            inp.read_spark(spark)
+            if any(c.kind == "timestamp" for c in shape.unit_cols):
+                # Delta names timestamp partitions in the session time zone: two instants of a
+                # daylight-saving fall-back hour would share one partition. UTC has no such hour.
+                session.set_conf("spark.sql.session.timeZone", "UTC")
+            df = inp.read(spark)
+            if shape.bucketed:
+                df = df.withColumn(shape.unit_cols[0].name, bucket_expr(cfg.input.id_col, cfg.input.buckets))
+            self.summary.input_version = inp.version
+            committed: dict[UnitKey, Committed] = {}
+            sink = session.sink
+            if sink.exists():
+                sink.check_compatible(shape.schema, shape.unit_cols, shape.layout)
+                self.summary.output_version_before = sink.version()
+                committed = sink.committed_units(shape.unit_cols)
+            units = self._input_units(shape, df, committed)
+            pending, done, stale, orphaned = decide(
+                units, committed, self.spec.fingerprint, cfg.commit.on_model_change, cfg.commit.rescore_errors)
+            plan = Plan(tuple(shape.unit_cols), shape.bucketed, inp.version, pending, done, stale, orphaned,
+                        delete_orphans=cfg.commit.on_orphan == "delete")
+        self.summary.plan = plan.counts()
+        self.summary.durations_s["plan"] = round(time.monotonic() - t0, 3)
+        session.count_jobs("plan")
+        return Planned(plan, shape, df)
+
+    def _input_units(self, shape: JobShape, df: DataFrame, committed: dict[UnitKey, Committed]) -> list[InputUnit]:
+        """The input's units with their states, reading rows only where the log cannot tell."""
+        cols = shape.unit_cols
+        by_unit = self.input.files_by_unit(cols) if not shape.bucketed else None
+        if by_unit is not None:
+            known: dict[UnitKey, InputUnit] = {}
+            need = []
+            for key, files in by_unit.items():
+                c = committed.get(key)
+                if c is not None and c.files == files.state and c.rows == files.rows:
+                    known[key] = InputUnit(key, files.rows, c.state, files.state)
+                elif c is not None:
+                    need.append(key)  # its files changed: did its rows? (a compaction rewrites files only)
+                elif files.rows:
+                    known[key] = InputUnit(key, files.rows, None, files.state)  # new: state computed when scored
+            for key, (rows, state) in content_states(df, cols, shape.hashed, need).items():
+                known[key] = InputUnit(key, rows, state, by_unit[key].state if key in by_unit else None)
+            return list(known.values())
+        everything = self.input.all_files()
+        files = everything.state if everything is not None else None
+        if (files is not None and committed and all(c.files == files for c in committed.values())
+                and sum(c.rows for c in committed.values()) == everything.rows):
+            # nothing changed since every unit was scored from these very files
+            return [InputUnit(k, c.rows, c.state, files) for k, c in committed.items()]
+        return [InputUnit(k, n, s, files) for k, (n, s) in content_states(df, cols, shape.hashed).items()]

@@ -1,0 +1,100 @@
+"""The job's hold on Spark: the session (built when none was given), its capabilities, the output
+sink, runtime confs set for this run only, and the stage tags that a stop cancels and that count
+Spark jobs per stage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from spark_infer.errors import DeltaMissing
+from spark_infer.sessions import SessionCapabilities, build_session, capabilities
+from spark_infer.sinks import OutputTable, open_sink
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from spark_infer.config import JobConfig
+    from spark_infer.report import RunSummary
+
+#: output columns that keep Delta statistics (what `committed_units` reads from the log)
+STATS_COLUMNS = ("input_state", "input_files", "model_fingerprint", "error")
+
+
+class JobSession:
+    """Opens lazily (a plan from the Delta log needs no Spark), tags every Spark job of the run with
+    `tag`, and puts back every conf it changed when the run ends."""
+
+    def __init__(self, cfg: JobConfig, tag: str, summary: RunSummary, spark: SparkSession | None = None,
+                 sink: OutputTable | None = None) -> None:
+        self.cfg = cfg
+        self.tag = tag
+        self.summary = summary
+        self.spark = spark
+        self.caps: SessionCapabilities | None = None
+        self.sink = sink
+        self._restore: dict[str, str | None] = {}
+
+    def open(self) -> SparkSession:
+        """The session (built if none was given) with Delta checked; DeltaMissing if it lacks Delta."""
+        cfg, res = self.cfg, self.cfg.resources
+        if self.spark is None:
+            t0 = time.monotonic()
+            conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(res.arrow_batch_size), **res.spark_conf}
+            self.spark = build_session(cfg.job_name, res.master, conf, res.delta_jars, res.remote)
+            self.summary.durations_s["session_start"] = round(time.monotonic() - t0, 3)
+        if self.caps is None:
+            self.caps = capabilities(self.spark)
+            if not self.caps.delta_available():
+                raise DeltaMissing("Delta Lake classes are not on this Spark session's classpath")
+            # runtime conf also applies to a session we did not create (notebook, spark-submit)
+            self.set_conf("spark.sql.execution.arrow.maxRecordsPerBatch", str(res.arrow_batch_size))
+            for path in res.py_files:
+                self.caps.ship_python_file(path)
+        if self.sink is None:
+            out = cfg.output
+            self.sink = open_sink(
+                out.format, self.spark, out.table, change_data_feed=out.change_data_feed,
+                runs_table=cfg.runs_table_ref, txn_retention=cfg.commit.txn_retention,
+                stats_columns=[cfg.input.id_col, *STATS_COLUMNS],
+            )
+        return self.spark
+
+    def set_conf(self, key: str, value: str) -> None:
+        """Set a runtime conf for this run; the previous value comes back at `restore_conf`."""
+        if key not in self._restore:
+            self._restore[key] = self.spark.conf.get(key, None)
+        self.spark.conf.set(key, value)
+
+    def restore_conf(self) -> None:
+        for key, value in self._restore.items():
+            try:
+                if value is None:
+                    self.spark.conf.unset(key)
+                else:
+                    self.spark.conf.set(key, value)
+            except Exception:  # noqa: BLE001 - the session may be gone (SIGTERM to the group)
+                pass
+        self._restore.clear()
+
+    @contextmanager
+    def stage(self, stage: str) -> Iterator[None]:
+        """Tag this thread's Spark jobs with the run (what a stop cancels) and count them by stage."""
+        self.caps.enter_stage(self.tag, f"{self.tag}:{stage}")
+        try:
+            yield
+        finally:
+            self.caps.leave_stage(self.tag, f"{self.tag}:{stage}")
+
+    def count_jobs(self, stage: str) -> None:
+        """Record how many Spark jobs `stage` ran (where the session can count them)."""
+        n = self.caps.jobs_in_stage(f"{self.tag}:{stage}")
+        if n is not None:
+            self.summary.spark_jobs[stage] = n
+
+    def cancel(self) -> None:
+        """Cancel this run's Spark jobs in flight (a stop request)."""
+        if self.caps is not None:
+            self.caps.cancel_tag(self.tag)
