@@ -1,7 +1,7 @@
 """spark-submit entry point: `spark-submit jobs/score.py --config job.yaml [overrides]`.
 
 Same flags as `spark-infer score`. Delta is added automatically when the cluster lacks it
-(see README "Delta Lake under spark-submit").
+(see docs/operations.md, "Delta Lake under spark-submit").
 """
 
 import sys

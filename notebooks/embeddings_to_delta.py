@@ -5,7 +5,7 @@
 # MAGIC Runs the `spark-infer` scoring job (`task = embed`) from the widgets below: each input partition is
 # MAGIC embedded and committed to the output Delta table once; rerunning the notebook scores only new or
 # MAGIC changed partitions and commits nothing when everything is done. The notebook has no logic of its
-# MAGIC own: it is `run_job` with its config taken from the widgets.
+# MAGIC own: it is `run_job` with its config taken from the widgets (shared helpers: `spark_infer.notebook`).
 # MAGIC
 # MAGIC * **Compute**: any access mode: dedicated clusters, standard (shared) or serverless compute (Spark
 # MAGIC   Connect sessions), with `spark_infer` installed (cluster / environment library, or
@@ -27,58 +27,39 @@
 
 # COMMAND ----------
 
-import os
-
 try:
-    from spark_infer.notebook import finish, widgets
+    from spark_infer.notebook import (
+        finish,
+        input_table,
+        job_fields,
+        job_widgets,
+        read_output,
+        session,
+        widgets,
+    )
 except ImportError as exc:  # opened on compute without the library: say what to do, not a bare traceback
     raise ImportError("spark-infer is not installed on this compute: `%pip install spark-infer` (or the wheel "
                       "from a Volume), or add it as a cluster / environment library") from exc
 
 from spark_infer import run_job
-from spark_infer.demo import write_sample_table
-from spark_infer.sessions import build_session
-from spark_infer.tables import TableRef
 
 # COMMAND ----------
 
 w = widgets(globals().get("dbutils"))  # dbutils.widgets on Databricks; $SPARK_INFER_<NAME> elsewhere
-w.text("input", "", "input table (empty = demo table)")
-w.text("output", "demo-output/notebook_embeddings", "output table")
-w.text("model", "", "model (empty = packaged MiniLM)")
-w.text("text_col", "text", "text column")
-w.text("id_col", "id", "id column")
-w.text("batch_size", "64", "rows per model call")
-w.text("max_length", "", "max tokens (empty = model's)")
+job_widgets(w, output="demo-output/notebook_embeddings")  # input, output, model, columns, device, demo table
 w.dropdown("normalize", "true", ["true", "false"], "L2-normalise")
-w.dropdown("device", "auto", ["auto", "cpu", "cuda"], "device")
 w.dropdown("change_data_feed", "true", ["true", "false"], "Change Data Feed on output")
-w.text("demo_dir", "demo-output", "demo table folder")
-w.text("demo_rows", "3000", "demo table rows")
 
 # COMMAND ----------
 
-spark = build_session("spark-infer-notebook")  # on Databricks: the active session
-
-input_table = w.get("input")
-output_table = w.get("output")
-if not input_table:
-    input_table = os.path.abspath(os.path.join(w.get("demo_dir"), "products"))
-    if write_sample_table(spark, input_table, int(w.get("demo_rows"))):
-        print(f"wrote the demo table {input_table}")
+spark = session()                # on Databricks: the notebook's active session (classic or Spark Connect)
+source = input_table(spark, w)   # the `input` widget, or the demo table (written once) when it is empty
 
 # COMMAND ----------
 
 config = {
-    "input": input_table,
-    "output": output_table,
+    **job_fields(w, source),  # model: empty = the packaged all-MiniLM-L6-v2
     "task": "embed",
-    "model": w.get("model") or None,  # empty = the packaged all-MiniLM-L6-v2
-    "text_col": w.get("text_col"),
-    "id_col": w.get("id_col"),
-    "batch_size": w.get("batch_size"),
-    "max_length": w.get("max_length") or None,
-    "device": w.get("device"),
     "task_options": {"normalize": w.get("normalize") == "true"},
     "change_data_feed": w.get("change_data_feed") == "true",  # needed by a Vector Search delta-sync index
     "job_name": "spark-infer-embeddings-notebook",
@@ -88,8 +69,7 @@ finish(run_job(config, spark=spark), globals().get("dbutils"))  # raises (Databr
 
 # COMMAND ----------
 
-result = TableRef(output_table).read(spark)
-print(f"{output_table}: {result.count()} rows")
+result = read_output(spark, config["output"])
 result.select("id", "embedding", "error", "model", "scored_at").show(5, truncate=60)
 
 # COMMAND ----------

@@ -4,10 +4,11 @@
 # MAGIC
 # MAGIC Runs the `spark-infer` scoring job (`task = generate`) from the widgets below: every row's columns are
 # MAGIC put into `prompt_template` and the model's completion (at most `max_new_tokens` tokens) is written to
-# MAGIC `prediction` (`struct<text, input_tokens, output_tokens, finish_reason>`). Each input partition is committed to the output Delta table once; rerunning the
-# MAGIC notebook scores only new or changed partitions. Changing the template or `max_new_tokens` changes the
-# MAGIC model fingerprint, so the next run rescores everything. The notebook has no logic of its own: it is
-# MAGIC `run_job` with its config taken from the widgets.
+# MAGIC `prediction` (`struct<text, input_tokens, output_tokens, finish_reason>`). Each input partition is
+# MAGIC committed to the output Delta table once; rerunning the notebook scores only new or changed
+# MAGIC partitions. Changing the template or `max_new_tokens` changes the model fingerprint, so the next run
+# MAGIC rescores everything. The notebook has no logic of its own: it is `run_job` with its config taken from
+# MAGIC the widgets (shared helpers: `spark_infer.notebook`).
 # MAGIC
 # MAGIC * **Compute**: a dedicated GPU cluster for real models (Spark Connect compute, standard or serverless,
 # MAGIC   runs it too, on CPUs), with `spark_infer` installed (cluster library, or
@@ -31,60 +32,42 @@
 
 # COMMAND ----------
 
-import os
-
 try:
-    from spark_infer.notebook import finish, widgets
+    from spark_infer.notebook import (
+        finish,
+        input_table,
+        job_fields,
+        job_widgets,
+        read_output,
+        session,
+        widgets,
+    )
 except ImportError as exc:  # opened on compute without the library: say what to do, not a bare traceback
     raise ImportError("spark-infer is not installed on this compute: `%pip install spark-infer` (or the wheel "
                       "from a Volume), or add it as a cluster / environment library") from exc
 
 from spark_infer import run_job
-from spark_infer.demo import write_sample_table
-from spark_infer.sessions import build_session
-from spark_infer.tables import TableRef
 
 # COMMAND ----------
 
 w = widgets(globals().get("dbutils"))  # dbutils.widgets on Databricks; $SPARK_INFER_<NAME> elsewhere
-w.text("input", "", "input table (empty = demo table)")
-w.text("output", "demo-output/notebook_summaries", "output table")
-w.text("model", "Qwen/Qwen2.5-0.5B-Instruct", "generative model")
+job_widgets(w, output="demo-output/notebook_summaries", model="Qwen/Qwen2.5-0.5B-Instruct",
+            model_label="generative model", batch_size="8")
 w.text("prompt_template", "Summarize this product description in one sentence: {text}", "prompt")
 w.text("max_new_tokens", "64", "max new tokens")
 w.dropdown("chat_template", "true", ["true", "false"], "use the tokenizer's chat template")
-w.text("text_col", "text", "text column")
-w.text("id_col", "id", "id column")
-w.text("batch_size", "8", "rows per model call")
-w.text("max_length", "", "max prompt tokens (empty = model's)")
-w.dropdown("device", "auto", ["auto", "cpu", "cuda"], "device")
 w.dropdown("change_data_feed", "false", ["true", "false"], "Change Data Feed on output")
-w.text("demo_dir", "demo-output", "demo table folder")
-w.text("demo_rows", "3000", "demo table rows")
 
 # COMMAND ----------
 
-spark = build_session("spark-infer-notebook")  # on Databricks: the active session
-
-input_table = w.get("input")
-output_table = w.get("output")
-if not input_table:
-    input_table = os.path.abspath(os.path.join(w.get("demo_dir"), "products"))
-    if write_sample_table(spark, input_table, int(w.get("demo_rows"))):
-        print(f"wrote the demo table {input_table}")
+spark = session()                # on Databricks: the notebook's active session (classic or Spark Connect)
+source = input_table(spark, w)   # the `input` widget, or the demo table (written once) when it is empty
 
 # COMMAND ----------
 
 config = {
-    "input": input_table,
-    "output": output_table,
+    **job_fields(w, source),  # input, output, model, columns, batch size, max prompt tokens, device
     "task": "generate",
-    "model": w.get("model"),
-    "text_col": w.get("text_col"),
-    "id_col": w.get("id_col"),
-    "batch_size": w.get("batch_size"),
-    "max_length": w.get("max_length") or None,
-    "device": w.get("device"),
     "task_options": {
         "prompt_template": w.get("prompt_template"),
         "max_new_tokens": w.get("max_new_tokens"),
@@ -98,6 +81,5 @@ finish(run_job(config, spark=spark), globals().get("dbutils"))  # raises (Databr
 
 # COMMAND ----------
 
-result = TableRef(output_table).read(spark)
-print(f"{output_table}: {result.count()} rows")
+result = read_output(spark, config["output"])
 result.select("id", "prediction.text", "prediction.finish_reason", "error").show(5, truncate=80)

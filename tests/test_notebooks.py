@@ -78,6 +78,81 @@ def test_widget_helper_outside_databricks_reads_env_then_default(monkeypatch):
     assert w.get("device") == "cpu"
 
 
+class FakeDbutils:
+    """`dbutils.widgets` as Databricks has it: positional (name, defaultValue[, choices], label)."""
+
+    def __init__(self) -> None:
+        self.widgets = self
+        self.declared: dict[str, str] = {}
+
+    def text(self, name, default, label=None):
+        self.declared[name] = default
+
+    def dropdown(self, name, default, choices, label=None):
+        assert default in choices
+        self.declared[name] = default
+
+    def get(self, name):
+        return self.declared[name]
+
+
+def test_job_widgets_declare_the_shared_widgets_once_and_job_fields_reads_them(monkeypatch):
+    from spark_infer.notebook import JOB_WIDGETS, job_fields, job_widgets, widgets
+
+    for name in JOB_WIDGETS:
+        monkeypatch.delenv(f"SPARK_INFER_{name.upper()}", raising=False)
+    w = job_widgets(widgets(None), output="demo-output/x")
+    assert job_fields(w, "/data/in") == {
+        "input": "/data/in", "output": "demo-output/x", "model": None, "text_col": "text", "id_col": "id",
+        "batch_size": "64", "max_length": None, "device": "auto",
+    }
+    monkeypatch.setenv("SPARK_INFER_MODEL", "/models/m")
+    monkeypatch.setenv("SPARK_INFER_MAX_LENGTH", "128")
+    fields = job_fields(w, "/data/in")
+    assert fields["model"] == "/models/m" and fields["max_length"] == "128"
+
+    db = FakeDbutils()
+    assert widgets(db) is db.widgets
+    job_widgets(db.widgets, output="main.shop.out", model="org/m", batch_size="8")
+    assert tuple(db.declared) == JOB_WIDGETS
+    assert job_fields(db.widgets, "main.shop.in")["model"] == "org/m"
+    assert job_fields(db.widgets, "main.shop.in")["batch_size"] == "8"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebooks_declare_only_their_own_widgets_beside_the_shared_ones(path):
+    from spark_infer.notebook import JOB_WIDGETS
+
+    src = read(path)
+    assert "job_widgets(w, " in src and "**job_fields(w, " in src and "input_table(spark, w)" in src
+    own = set(re.findall(r"\bw\.(?:text|dropdown)\(\"(\w+)\"", src))
+    assert not own & set(JOB_WIDGETS), own & set(JOB_WIDGETS)  # declared once, by the helper
+    assert "sparkContext" not in src  # Spark Connect sessions (shared, serverless) have none
+
+
+def test_input_table_is_the_widget_when_given_without_touching_spark(monkeypatch):
+    from spark_infer.notebook import input_table, job_widgets, widgets
+
+    monkeypatch.setenv("SPARK_INFER_INPUT", "main.shop.products")
+    assert input_table(None, job_widgets(widgets(None), output="o")) == "main.shop.products"
+
+
+def test_finish_exits_with_the_code_or_raises_on_databricks(monkeypatch, capsys):
+    from spark_infer.notebook import finish
+    from spark_infer.report import RunSummary
+
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    ok = RunSummary(run_id="r", job_name="j", status="succeeded", exit_code=0)
+    assert finish(ok) is ok
+    assert "exit_code=0" in capsys.readouterr().out
+    bad = RunSummary(run_id="r", job_name="j", status="failed", exit_code=3, error="units failed")
+    with pytest.raises(SystemExit) as exc:
+        finish(bad)
+    assert exc.value.code == 3
+    with pytest.raises(RuntimeError, match="code 3: units failed"):
+        finish(bad, FakeDbutils())
+
+
 def test_embeddings_notebook_enables_change_data_feed_for_vector_search():
     src = read(os.path.join(ROOT, "notebooks", "embeddings_to_delta.py"))
     assert 'w.dropdown("change_data_feed", "true"' in src
