@@ -74,6 +74,16 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     p.add_argument("--on-orphan", dest="on_orphan", choices=["delete", "keep"],
                    help="output units whose input unit is gone (default: delete)")
     p.add_argument("--model-revision", dest="model_revision", help="hub revision or registry version to pin")
+    p.add_argument("--output-col", dest="output_col", help="name of the prediction column (default: the task's)")
+    p.add_argument("--output-format", dest="output_format", help="output sink (default: delta)")
+    p.add_argument("--prefetch", choices=["auto", "on", "off"],
+                   help="encode the next Arrow batch while the model runs (auto: on GPUs)")
+    p.add_argument("--arrow-batch-size", dest="arrow_batch_size", type=int,
+                   help="rows per Arrow batch handed to the workers (default 4096)")
+    p.add_argument("--txn-retention", dest="txn_retention",
+                   help="how long the output keeps commit-group transaction ids (default 'interval 7 days')")
+    p.add_argument("--no-record-runs", dest="record_runs", action="store_false", default=None,
+                   help="do not append the run record to the runs table")
     p.add_argument("--master")
     p.add_argument("--remote", help="Spark Connect URL, e.g. sc://host:15002 (default: $SPARK_REMOTE)")
     p.add_argument("--py-files", dest="py_files", help="comma-separated .py/.zip files the workers import")

@@ -102,3 +102,19 @@ def test_errors_name_the_field_as_written(fields, needles):
         build_config(overrides=fields)
     for n in needles:
         assert n in str(ei.value), str(ei.value)
+
+
+def test_every_flat_name_is_a_flag_too():
+    """What a file can say, the command line can say (file-only fields surprise schedulers)."""
+    dests = {a.dest for a in score_parser()._actions}
+    covered = {FLAT[d] for d in dests if d in FLAT}
+    covered |= {FLAT["spark_conf"]} if "conf" in dests else set()  # --conf KEY=VALUE
+    covered |= {FLAT["task_options"]} if "option" in dests else set()  # --option KEY=VALUE
+    missing = set(FLAT.values()) - covered
+    assert not missing, sorted(missing)
+
+
+def test_unquoted_yaml_null_means_the_on_error_option_null(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: /a\noutput: /b\non_error: null\n")
+    assert build_config(str(path)).runtime.on_error == "null"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spark_infer.errors import ConfigError
 
@@ -31,6 +31,12 @@ class RuntimeOptions(BaseModel):
     prefetch: Literal["auto", "on", "off"] = Field(
         default="auto", description="encode the next Arrow batch while the model runs this one (auto: on GPUs)"
     )
+
+    @field_validator("on_error", mode="before")
+    @classmethod
+    def _yaml_null(cls, v: Any) -> Any:
+        # `on_error: null` unquoted in YAML is None: the user meant the option's value "null"
+        return "null" if v is None else v
 
     @classmethod
     def fields(cls) -> set[str]:
