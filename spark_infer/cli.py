@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from spark_infer.errors import ConfigError
-from spark_infer.log import install_stderr_handler
+from spark_infer.log import install_stderr_handler, render_message
 from spark_infer.run import ExitCode, execute
 
 
@@ -138,7 +138,7 @@ def run_demo_command(argv: list[str]) -> int:
     try:
         overrides = overrides_from(score_parser("spark-infer demo").parse_args(rest))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(render_message(f"error: {exc}"), file=sys.stderr)
         return ExitCode.CONFIG
     overrides.pop("master", None)
     return run_demo(ns.dir, ns.rows, ns.master, overrides)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "score":
         argv = argv[1:]
     elif argv and not argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        print(f"error: unknown command {argv[0]!r}; use 'score' or 'demo'", file=sys.stderr)
+        print(render_message(f"error: unknown command {argv[0]!r}; use 'score' or 'demo'"), file=sys.stderr)
         return ExitCode.CONFIG
     return run_score(argv)
 

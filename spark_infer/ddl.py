@@ -1,170 +1,132 @@
-"""Spark DDL type strings in pure Python (no JVM: workers need the types too), mapped to Arrow as Spark does.
+"""Output types as Spark knows them: DDL parsed by Spark's own parser on the driver, Spark's JSON on the workers.
 
-    from spark_infer.ddl import to_arrow
-    to_arrow("struct<churn_probability:double,label:string>")   # pyarrow struct type
+A Spark DDL string ("double", "struct<a:int,b:string>", the top-level "a int, b string") is parsed by
+Spark itself (`DataType.fromDDL`: the JVM on a classic session, the server on Spark Connect), so it
+needs the driver's session. The parsed type travels to the workers as Spark's JSON form of the type,
+which pyspark reads in pure Python there (no JVM, no session), and is mapped to Arrow as Spark does.
 
-Accepted: "double", "array<float>", "map<string,int>", "struct<a:int,b:string>", "decimal(10,2)",
-the top-level "a int, b string" form, backquoted names, and `NOT NULL` on fields.
+    from spark_infer.ddl import to_arrow, type_json
+    js = type_json("struct<churn_probability:double,label:string>")   # driver, with a session
+    to_arrow(js)                                                       # anywhere: a pyarrow struct
+
+Accepted everywhere: a pyarrow DataType, a pyspark DataType, Spark's JSON of a type. Accepted on the
+driver with a session: Spark DDL (char/varchar become string, as in Spark's own UDF return types).
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from spark_infer.errors import NeedsSparkSession
+
+if TYPE_CHECKING:
+    from pyspark.sql.types import DataType
+
+#: conditions pyspark raises when DDL is parsed with no session or context to parse it
+_NO_SESSION = frozenset({"SESSION_OR_CONTEXT_NOT_EXISTS", "NO_ACTIVE_OR_DEFAULT_SESSION", "NO_ACTIVE_SESSION"})
+
+
+def is_type_json(text: str) -> bool:
+    """Whether `text` is Spark's JSON form of a type (`"double"`, `{"type":"struct",...}`); DDL never
+    starts with a quote or a brace, so the first character decides."""
+    return text.lstrip()[:1] in ('"', "{")
+
+
+def from_json(text: str) -> DataType:
+    """Spark's JSON form of a type as a pyspark DataType, in pure Python (what the workers run)."""
+    from pyspark.sql.types import _parse_datatype_json_string
+
+    try:
+        return _parse_datatype_json_string(text)
+    except Exception as exc:  # noqa: BLE001 - json, KeyError, pyspark's own errors: all mean "not a type"
+        raise ValueError(f"{text!r} is not Spark's JSON form of a type ({type(exc).__name__}: {exc})") from None
+
+
+def parse_ddl(text: str) -> DataType:
+    """A Spark DDL type parsed by Spark's own parser, through the active session (classic or Connect).
+
+    NeedsSparkSession when no session is active (the caller opens one and asks again); ValueError
+    with Spark's message when Spark rejects the text.
+    """
+    from pyspark.errors import PySparkException
+    from pyspark.sql.types import DataType
+
+    if not text.strip():
+        raise ValueError("the DDL type is empty")
+    try:
+        return _strings_for_chars(DataType.fromDDL(text))
+    except PySparkException as exc:
+        if _condition(exc) in _NO_SESSION:
+            raise NeedsSparkSession(
+                f"{text!r} is a Spark DDL type: Spark's own parser reads it on the driver, which needs an "
+                "active Spark session (create it first, or give a pyarrow/pyspark type or Spark's JSON of it)"
+            ) from None
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ValueError(f"Spark cannot parse the DDL type {text!r}: {first}") from None
+
+
+def type_json(t: Any) -> str:
+    """Spark's JSON of a type given as a pyarrow or pyspark DataType, Spark's JSON, or Spark DDL (which
+    `parse_ddl` reads with the active session). ValueError when it is none of these or has no Arrow form."""
+    from pyspark.sql.pandas.types import from_arrow_type
+    from pyspark.sql.types import DataType
+
+    if isinstance(t, pa.DataType):
+        try:
+            t = from_arrow_type(t)
+        except Exception as exc:  # noqa: BLE001 - Arrow types Spark has no equivalent for
+            raise ValueError(f"{t} has no Spark equivalent ({exc})") from None
+    elif isinstance(t, str):
+        t = from_json(t) if is_type_json(t) else parse_ddl(t)
+    if not isinstance(t, DataType):
+        raise ValueError(f"expected a pyarrow type, a pyspark type, Spark's JSON or DDL of a type, got {type(t).__name__}")
+    t = _strings_for_chars(t)
+    to_arrow(t)  # a type the workers could not produce is refused here, on the driver
+    return t.json()
+
 
 def to_arrow(t: Any) -> pa.DataType:
-    """A pyarrow DataType, a pyspark DataType or a Spark DDL string as an Arrow type (Spark's mapping)."""
+    """A pyarrow DataType, a pyspark DataType or Spark's JSON of a type as an Arrow type (Spark's
+    mapping). Needs no JVM; Spark DDL is refused (`type_json` turns it into JSON on the driver)."""
     if isinstance(t, pa.DataType):
         return t
     from pyspark.sql.pandas.types import to_arrow_type
     from pyspark.sql.types import DataType
 
     if isinstance(t, str):
-        t = parse_ddl(t)
+        if not is_type_json(t):
+            raise ValueError(f"{t!r} is Spark DDL, which only Spark's parser reads: resolve it to Spark's JSON "
+                             "on the driver (spark_infer.ddl.type_json, with an active session)")
+        t = from_json(t)
     if not isinstance(t, DataType):
-        raise ValueError(f"expected a pyarrow type, a pyspark type or a DDL string, got {type(t).__name__}")
+        raise ValueError(f"expected a pyarrow type, a pyspark type or Spark's JSON of a type, got {type(t).__name__}")
     try:
-        return to_arrow_type(t, timezone="UTC")
+        return to_arrow_type(_strings_for_chars(t), timezone="UTC")
     except Exception as exc:  # noqa: BLE001 - unsupported Spark types
         raise ValueError(f"{t.simpleString()} has no Arrow equivalent ({exc})") from None
 
 
-_TOKEN_RE = re.compile(r"\s*(?:(`(?:[^`]|``)*`)|([A-Za-z_][\w]*)|(\d+)|([<>(),:]))")
+def _condition(exc: Exception) -> str | None:
+    try:
+        return exc.getCondition()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a classic exception asks the JVM, which may be gone
+        return None
 
 
-def parse_ddl(text: str):
-    """Parse a Spark DDL type ("struct<a:int,b:array<string>>", "a int, b string", "double") in pure Python."""
-    tokens: list[tuple[str, str]] = []
-    pos, text_s = 0, text.strip()
-    while pos < len(text_s):
-        m = _TOKEN_RE.match(text_s, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"cannot parse DDL {text!r} at {text_s[pos:]!r}")
-        quoted, ident, num, punct = m.groups()
-        if quoted is not None:
-            tokens.append(("name", quoted[1:-1].replace("``", "`")))
-        elif ident is not None:
-            tokens.append(("ident", ident))
-        elif num is not None:
-            tokens.append(("num", num))
-        else:
-            tokens.append(("p", punct))
-        pos = m.end()
-    parser = _DDLParser(tokens, text)
-    result = parser.top()
-    return result
+def _strings_for_chars(t: DataType) -> DataType:
+    """char(n)/varchar(n) as string, nested ones included: Arrow has no such types, and Spark itself
+    reads them as string in UDF return types."""
+    from pyspark.sql import types as T
 
-
-class _DDLParser:
-    def __init__(self, tokens: list[tuple[str, str]], text: str) -> None:
-        self.t, self.i, self.text = tokens, 0, text
-
-    def _peek(self, k: int = 0):
-        j = self.i + k
-        return self.t[j] if j < len(self.t) else (None, None)
-
-    def _take(self, value: str | None = None) -> str:
-        kind, v = self._peek()
-        if kind is None or (value is not None and v != value):
-            raise ValueError(f"cannot parse DDL {self.text!r}: expected {value or 'more'}, got {v!r}")
-        self.i += 1
-        return v
-
-    def top(self):
-        from pyspark.sql.types import StructType
-
-        # "a int, b string" (a top-level struct without struct<>) or one type
-        looks_like_fields = self._peek()[0] in ("ident", "name") and (
-            self._peek(1)[1] == ":" or self._peek(1)[0] in ("ident", "name")
-        )
-        if looks_like_fields:
-            fields = self._fields(end=None)
-            result = StructType(fields)
-        else:
-            result = self._type()
-        if self._peek()[0] is not None:
-            raise ValueError(f"cannot parse DDL {self.text!r}: unexpected {self._peek()[1]!r}")
-        return result
-
-    def _fields(self, end: str | None):
-        from pyspark.sql.types import StructField
-
-        fields = []
-        while True:
-            kind, name = self._peek()
-            if kind not in ("ident", "name"):
-                raise ValueError(f"cannot parse DDL {self.text!r}: expected a field name, got {name!r}")
-            self.i += 1
-            if self._peek()[1] == ":":
-                self.i += 1
-            dtype = self._type()
-            nullable = True
-            if self._peek()[1] and self._peek()[1].upper() == "NOT" and (self._peek(1)[1] or "").upper() == "NULL":
-                self.i += 2
-                nullable = False
-            fields.append(StructField(name, dtype, nullable))
-            if self._peek()[1] == ",":
-                self.i += 1
-                continue
-            if end is None or self._peek()[1] == end:
-                return fields
-            raise ValueError(f"cannot parse DDL {self.text!r}: unexpected {self._peek()[1]!r}")
-
-    def _type(self):
-        from pyspark.sql import types as T
-
-        kind, word = self._peek()
-        if kind != "ident":
-            raise ValueError(f"cannot parse DDL {self.text!r}: expected a type, got {word!r}")
-        self.i += 1
-        w = word.lower()
-        simple = {
-            "string": T.StringType, "boolean": T.BooleanType, "bool": T.BooleanType,
-            "tinyint": T.ByteType, "byte": T.ByteType, "smallint": T.ShortType, "short": T.ShortType,
-            "int": T.IntegerType, "integer": T.IntegerType, "bigint": T.LongType, "long": T.LongType,
-            "float": T.FloatType, "real": T.FloatType, "double": T.DoubleType, "binary": T.BinaryType,
-            "date": T.DateType, "timestamp": T.TimestampType, "timestamp_ltz": T.TimestampType,
-            "timestamp_ntz": T.TimestampNTZType,
-        }
-        if w in simple:
-            return simple[w]()
-        if w in ("char", "varchar"):
-            self._take("(")
-            self._take()
-            self._take(")")
-            return T.StringType()
-        if w in ("decimal", "dec", "numeric"):
-            if self._peek()[1] != "(":
-                return T.DecimalType(10, 0)
-            self._take("(")
-            precision = int(self._take())
-            scale = 0
-            if self._peek()[1] == ",":
-                self.i += 1
-                scale = int(self._take())
-            self._take(")")
-            return T.DecimalType(precision, scale)
-        if w == "array":
-            self._take("<")
-            elem = self._type()
-            self._take(">")
-            return T.ArrayType(elem)
-        if w == "map":
-            self._take("<")
-            key = self._type()
-            self._take(",")
-            value = self._type()
-            self._take(">")
-            return T.MapType(key, value)
-        if w == "struct":
-            self._take("<")
-            if self._peek()[1] == ">":
-                self.i += 1
-                return T.StructType([])
-            fields = self._fields(end=">")
-            self._take(">")
-            return T.StructType(fields)
-        raise ValueError(f"cannot parse DDL {self.text!r}: unknown type {word!r}")
+    if isinstance(t, T.CharType | T.VarcharType):
+        return T.StringType()
+    if isinstance(t, T.ArrayType):
+        return T.ArrayType(_strings_for_chars(t.elementType), t.containsNull)
+    if isinstance(t, T.MapType):
+        return T.MapType(_strings_for_chars(t.keyType), _strings_for_chars(t.valueType), t.valueContainsNull)
+    if isinstance(t, T.StructType):
+        return T.StructType([T.StructField(f.name, _strings_for_chars(f.dataType), f.nullable, f.metadata)
+                             for f in t.fields])
+    return t

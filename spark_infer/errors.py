@@ -30,6 +30,11 @@ class DeltaMissing(SinkUnavailable):
     """Delta Lake's classes are not on the running Spark session's classpath."""
 
 
+class NeedsSparkSession(SparkInferError, RuntimeError):
+    """A setting only Spark's own parser reads (a DDL type string) met no active Spark session: open
+    the session and validate again. Not a ValueError, so that option validation passes it on as is."""
+
+
 class ModelMismatchError(SparkInferError, RuntimeError):
     """A worker loaded a model other than the one the driver fingerprinted (the task fails)."""
 

@@ -38,7 +38,9 @@ _SECRET_PAIRS = {("api", "key"), ("access", "key"), ("account", "key"), ("privat
 _BARE_TOKENS = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b|\bhf_[A-Za-z0-9]{16,}\b|\bgh[pousr]_[A-Za-z0-9]{20,}\b")
 
 
-def _secret_key(key: str) -> bool:
+def is_secret_key(key: str) -> bool:
+    """Whether a key (`fs.s3a.secret.key`, `HF_TOKEN`, `password`) names a secret: one of its words
+    (split at . _ -) is a secret word, so `tokens` is not."""
     words = [w for w in re.split(r"[._\-]", key.lower()) if w]
     return any(w in _SECRET_WORDS for w in words) or any(p in _SECRET_PAIRS for p in zip(words, words[1:], strict=False))
 
@@ -50,7 +52,7 @@ def _mask_userinfo(m: re.Match) -> str:
 
 
 def _mask_pair(m: re.Match) -> str:
-    if m.group("value") == MASK or "://" in m.group(0) or not _secret_key(m.group("key")):
+    if m.group("value") == MASK or "://" in m.group(0) or not is_secret_key(m.group("key")):
         return m.group(0)
     return m.group("key") + m.group("sep") + MASK
 

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from spark_infer.log import event
+from spark_infer.log import event, kv, render
 from spark_infer.redact import redact, redact_value
 
 if TYPE_CHECKING:
@@ -182,27 +182,39 @@ class Progress:
             self._update_bar(self.rows_done)
 
 
+def unit_label(plan: Plan, key: tuple) -> str:
+    """A unit as the plan table shows it, `category=books`: every column name and value through
+    `render` (a ',' quoted too, so `a=x,b=y` is always two columns)."""
+    return ",".join(f"{render(c.name, also=',')}={render(v, also=',')}"
+                    for c, v in zip(plan.unit_columns, key, strict=True))
+
+
 def format_plan(plan: Plan, input_ref: str, id_col: str, max_lines: int | None = None) -> str:
     """The plan as printed by `--dry-run` (and before a run): one line per unit, then the counts.
 
-    With `max_lines`, units beyond it are summarised in one line per kind (a backfill of thousands
-    of partitions should not print thousands of lines before it starts).
+    Every value from the tables or the config goes through `render`, so a hostile partition value
+    can neither break a unit's line nor print a line of its own. With `max_lines`, units beyond it
+    are summarised in one line per kind (a backfill of thousands of partitions should not print
+    thousands of lines before it starts).
     """
-    units = "buckets of " + id_col if plan.bucketed else ",".join(c.name for c in plan.unit_columns)
-    lines = [f"plan: input={input_ref} version={plan.input_version} units={units}"]
+    units = (render(f"buckets of {id_col}") if plan.bucketed
+             else ",".join(render(c.name, also=",") for c in plan.unit_columns))
+    lines = [f"plan: input={render(input_ref)} version={render(plan.input_version)} units={units}"]
+
+    def line(kind: str, why: str, key: tuple, rows: int) -> str:  # `why`: fixed text or rendered
+        return f"  {kind:<8} {why:<13} {unit_label(plan, key):<40} rows={render(rows)}"
+
     rows: list[tuple[str, str]] = []
-    rows += [("pending", f"  pending  {reason:<13} {plan.label(u.key):<40} rows={u.rows}")
-             for u, reason in plan.pending]
-    rows += [("done", f"  done     {'':<13} {plan.label(u.key):<40} rows={u.rows}") for u in plan.done]
-    rows += [("kept", f"  kept     {'old model':<13} {plan.label(u.key):<40} rows={u.rows}") for u in plan.stale_model]
+    rows += [("pending", line("pending", render(reason), u.key, u.rows)) for u, reason in plan.pending]
+    rows += [("done", line("done", "", u.key, u.rows)) for u in plan.done]
+    rows += [("kept", line("kept", "old model", u.key, u.rows)) for u in plan.stale_model]
     action = "delete" if plan.delete_orphans else "keep"
-    rows += [("orphaned", f"  orphaned {action + ' (gone)':<13} {plan.label(k):<40} rows={c.rows}")
-             for k, c in plan.orphaned]
+    rows += [("orphaned", line("orphaned", action + " (gone)", k, c.rows)) for k, c in plan.orphaned]
     shown = rows if max_lines is None else rows[:max_lines]
-    lines += [line for _, line in shown]
+    lines += [text for _, text in shown]
     hidden: dict[str, int] = {}
     for kind, _ in rows[len(shown):]:
         hidden[kind] = hidden.get(kind, 0) + 1
     lines += [f"  ... {n} more {kind}" for kind, n in hidden.items()]
-    lines.append("plan: " + " ".join(f"{k}={v}" for k, v in plan.counts().items()))
-    return redact("\n".join(lines))
+    lines.append("plan: " + kv(**plan.counts()))
+    return "\n".join(lines)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from spark_infer.config import JobConfig, build_config
 from spark_infer.errors import ConcurrentRunError, ConfigError, DeltaMissing
-from spark_infer.log import event, logger
+from spark_infer.log import event, logger, render_message
 from spark_infer.redact import redact
 from spark_infer.report import RunSummary, format_plan
 
@@ -177,7 +177,7 @@ def _finish(summary: RunSummary, code: ExitCode, status: str) -> RunSummary:
 
 def _error_line(msg: str) -> None:
     # the one line a user must see, even when the application installed no log handler
-    print(redact(f"error: {msg}"), file=sys.stderr, flush=True)
+    print(render_message(f"error: {msg}"), file=sys.stderr, flush=True)
 
 
 def _delta_missing_message(job: ScoringJob | None) -> str:

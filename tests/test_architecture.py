@@ -1,12 +1,17 @@
 """The package's shape: no import circles (lazy imports included), nothing imports the command line,
 the worker runtime imports no Spark session, Delta, job or CLI code, and JVM-only calls live behind
-the session seam."""
+the session seam. The import rules are also import-linter contracts (pyproject.toml), which
+`lint-imports` checks here; the checks below keep what contracts cannot say (an allow-list for the
+worker side, text a module must not hold, where JVM calls live)."""
 
 from __future__ import annotations
 
 import ast
 import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 from jobutil import ROOT
@@ -134,3 +139,15 @@ def test_public_api_is_exported_and_typed():
         # each public docstring opens with a runnable example (an indented code line first)
         first_block = fn.__doc__.split("\n\n")[1]
         assert first_block.startswith("    "), (fn.__name__, first_block)
+
+
+def test_import_contracts_hold():
+    """`lint-imports` over pyproject.toml's contracts (function-level imports included: grimp reads
+    every import statement)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "lint-imports")
+    exe = exe if os.path.exists(exe) else shutil.which("lint-imports")
+    assert exe, "import-linter is not installed (the test extra)"
+    r = subprocess.run([exe, "--config", os.path.join(ROOT, "pyproject.toml"), "--no-cache"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert "0 broken" in r.stdout and "4 kept" in r.stdout, r.stdout[-2000:]

@@ -14,7 +14,7 @@ import pytest
 from jobutil import ROOT, summary
 
 from spark_infer.cli import run_score
-from spark_infer.ddl import parse_ddl, to_arrow
+from spark_infer.ddl import parse_ddl, to_arrow, type_json
 from spark_infer.errors import ConfigError
 from spark_infer.run import ExitCode
 from spark_infer.runtime import ModelCache, RuntimeOptions, make_spec, open_runner
@@ -76,6 +76,18 @@ def untyped_factory(device: str):
     return _Plain()
 
 
+class LargeText:
+    """Declares a pyarrow type Spark reads as string: the object's own type agrees with Spark's view."""
+
+    output_type = pa.large_string()
+
+    def __init__(self, device: str) -> None:
+        pass
+
+    def predict(self, df: pd.DataFrame) -> pa.Array:
+        return pa.array([f"<{x}>" for x in df["x"]], pa.large_string())
+
+
 def lying_factory(device: str):
     return Doubler(device)
 
@@ -98,7 +110,8 @@ def _run(spec, batches, batch_size=3):
                                                                           err.to_pylist()]
 
 
-def test_predictor_forms_columns_and_one_factory_call_per_instance(model_folder):
+def test_predictor_forms_columns_and_one_factory_call_per_instance(spark, model_folder):
+    # spark: the DDL output types below are read by Spark's parser (the active session's)
     FACTORY_CALLS.clear()
     spec = make_spec("custom", model_folder, predictor=f"{HERE}:Doubler", columns=["x"],
                      predictor_options={"factor": 3})
@@ -127,7 +140,7 @@ def test_predictor_forms_columns_and_one_factory_call_per_instance(model_folder)
     assert _run(spec, [[{"x": 2}]])[1] == [4.0]
 
 
-def test_configuration_errors(model_folder):
+def test_configuration_errors(spark, model_folder):
     cases = [
         ({"predictor": "no_such_module_xyz:load", "columns": ["x"]}, "cannot import module"),
         ({"predictor": f"{HERE}:missing", "columns": ["x"]}, "has no attribute"),
@@ -135,6 +148,13 @@ def test_configuration_errors(model_folder):
         ({"predictor": f"{HERE}:untyped_factory", "columns": ["x"]}, "declare the output type"),
         ({"predictor": f"{HERE}:Doubler", "columns": []}, "columns"),
         ({"predictor": f"{HERE}:Doubler", "columns": ["x"], "output_type": "struct<a:int"}, "output_type"),
+        # Spark's own parser decides, and its message comes through
+        ({"predictor": f"{HERE}:untyped_factory", "columns": ["x"], "output_type": "array<int"},
+         r"output_type='array<int'.*PARSE_SYNTAX_ERROR"),
+        ({"predictor": f"{HERE}:untyped_factory", "columns": ["x"], "output_type": "interval year to month"},
+         "no Arrow equivalent"),
+        # the option and the factory's own declaration must agree
+        ({"predictor": f"{HERE}:Doubler", "columns": ["x"], "output_type": "string"}, "differs from the factory"),
     ]
     for options, match in cases:
         with pytest.raises(ConfigError, match=match):
@@ -145,18 +165,81 @@ def test_configuration_errors(model_folder):
         spec.load("cpu")
 
 
-def test_ddl_types():
-    assert to_arrow("struct<churn_probability:double,label:string>") == pa.struct(
+def test_ddl_types(spark):
+    """DDL through Spark's own parser (the session's), to Spark's JSON, to Arrow without a JVM."""
+    assert to_arrow(type_json("struct<churn_probability:double,label:string>")) == pa.struct(
         [pa.field("churn_probability", pa.float64()), pa.field("label", pa.string())])
-    assert to_arrow("a int, b array<float>, `c d` map<string,bigint>") == pa.struct(
+    assert to_arrow(type_json("a int, b array<float>, `c d` map<string,bigint>")) == pa.struct(
         [pa.field("a", pa.int32()), pa.field("b", pa.list_(pa.float32())),
          pa.field("c d", pa.map_(pa.string(), pa.int64()))])
-    assert to_arrow("DECIMAL(10, 2)") == pa.decimal128(10, 2)
+    assert to_arrow(type_json("DECIMAL(10, 2)")) == pa.decimal128(10, 2)
     assert to_arrow(pa.int16()) == pa.int16()
     assert parse_ddl("boolean").simpleString() == "boolean"
-    for bad in ("array<int", "struct<a int,>", "blob", "map<string>"):
+    for bad in ("array<int", "struct<a int,>", "blob", "map<string>", " "):
         with pytest.raises(ValueError, match="DDL"):
-            to_arrow(bad)
+            to_arrow(type_json(bad))
+    # char/varchar read as string (Arrow has neither), nested ones too
+    assert to_arrow(type_json("a char(3), b array<varchar(5)>")) == pa.struct(
+        [pa.field("a", pa.string()), pa.field("b", pa.list_(pa.string()))])
+    # Spark's JSON and pyspark/pyarrow types need no parser; DDL never reaches the workers' to_arrow
+    from pyspark.sql.types import DoubleType
+
+    assert type_json(DoubleType()) == type_json("double") == type_json('"double"') == type_json(pa.float64())
+    with pytest.raises(ValueError, match="Spark DDL"):
+        to_arrow("double")
+
+
+def test_validated_options_hold_sparks_json(spark, model_folder):
+    """The spec the workers get carries the type as Spark's JSON (one spelling, one fingerprint), for
+    the option and for the factory's own DDL alike."""
+    upper = make_spec("custom", model_folder, predictor=f"{HERE}:untyped_factory", columns=["x"],
+                      output_type="STRUCT<a: INT, b: STRING>")
+    lower = make_spec("custom", model_folder, predictor=f"{HERE}:untyped_factory", columns=["x"],
+                      output_type="a int, b string")
+    assert json.loads(upper.options_json)["output_type"] == parse_ddl("struct<a:int,b:string>").json()
+    assert upper.fingerprint == lower.fingerprint
+    from_factory = make_spec("custom", model_folder, predictor=f"{HERE}:pair_factory", columns=["x", "y"])
+    assert json.loads(from_factory.options.output_type)["type"] == "struct"
+    # a pyarrow type as the option: no parser involved, the same JSON
+    as_arrow = make_spec("custom", model_folder, predictor=f"{HERE}:untyped_factory", columns=["x"],
+                         output_type=pa.struct([pa.field("a", pa.int32()), pa.field("b", pa.string())]))
+    assert as_arrow.options_json == upper.options_json
+    spec = make_spec("custom", model_folder, predictor=f"{HERE}:LargeText", columns=["x"])
+    assert spec.output_type() == pa.string() and _run(spec, [[{"x": 1}]])[1] == ["<1>"]
+
+
+#: run in a process without any Spark session: what a worker (or a driver before its session) can do
+NO_SESSION = f"""
+import json, sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import pyarrow as pa
+from pyspark import SparkContext
+from spark_infer.errors import NeedsSparkSession
+from spark_infer.runtime import ModelCache, RuntimeOptions, make_spec, open_runner
+spec = make_spec("custom", sys.argv[1], predictor="{HERE}:untyped_factory", columns=["x"], output_type='"double"')
+runner = open_runner(spec, RuntimeOptions(device="cpu", batch_size=4), cache=ModelCache())
+out, err = runner.run([{{"x": 1}}, {{"x": 2.5}}])
+arrow = make_spec("custom", sys.argv[1], predictor="{HERE}:untyped_factory", columns=["x"], output_type=pa.int64())
+try:
+    make_spec("custom", sys.argv[1], predictor="{HERE}:Doubler", columns=["x"])
+    ddl = "parsed"
+except NeedsSparkSession as exc:
+    ddl = str(exc)
+print(json.dumps({{"out": out.to_pylist(), "arrow": str(arrow.output_type()), "ddl": ddl,
+                  "jvm": SparkContext._gateway is not None}}))
+"""
+
+
+def test_workers_read_the_json_without_a_session_and_ddl_asks_for_one(model_folder):
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", NO_SESSION, model_folder], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["out"] == [2.0, 5.0] and got["arrow"] == "int64"
+    assert "'double' is a Spark DDL type" in got["ddl"] and "active Spark session" in got["ddl"]
+    assert got["jvm"] is False  # nothing here started a JVM
 
 
 # -- the churn example through the job ----------------------------------------------------------------

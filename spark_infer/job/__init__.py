@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pyspark.sql import SparkSession
 
 from spark_infer.config import JobConfig
+from spark_infer.errors import NeedsSparkSession
 from spark_infer.inputs import InputUnit
 from spark_infer.job.checks import check_units
 from spark_infer.job.commit import GroupCommitter
@@ -105,8 +106,16 @@ class ScoringJob:
                 entry = path if path.endswith((".zip", ".egg")) else os.path.dirname(path)
                 if entry not in sys.path:
                     sys.path.insert(0, entry)
-            self.spec = make_spec(cfg.task, cfg.model.ref, revision=cfg.model.revision,
-                                  device_kind=self._device_kind(), **cfg.task_option_values())
+
+            def spec() -> ModelSpec:
+                return make_spec(cfg.task, cfg.model.ref, revision=cfg.model.revision,
+                                 device_kind=self._device_kind(), **cfg.task_option_values())
+
+            try:
+                self.spec = spec()
+            except NeedsSparkSession:  # a DDL type in the task options: Spark's own parser needs the session
+                self.session.open()
+                self.spec = spec()
             self.summary.model = self.spec.reference
             self.summary.model_fingerprint = self.spec.fingerprint
             self.summary.durations_s["fingerprint"] = round(time.monotonic() - t0, 3)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from spark_infer.errors import ModelDoesNotFit, ModelMismatchError, SystemicScoringError
+from spark_infer.log import render_message
 from spark_infer.runtime.batching import Runner, is_sticky_device_error, plan_micro_batches
 from spark_infer.runtime.cache import MODEL_CACHE, ModelCache
 from spark_infer.runtime.device import (
@@ -62,7 +63,8 @@ def open_runner(
     if _device_broken:
         # an earlier task left this process's accelerator in a sticky error state (CUDA cannot
         # recover inside a process): end the process, so Spark starts a fresh Python worker
-        print(f"spark-infer: exiting Python worker {os.getpid()}: {_device_broken}", file=sys.stderr, flush=True)
+        print(render_message(f"spark-infer: exiting Python worker {os.getpid()}: {_device_broken}"), file=sys.stderr,
+              flush=True)
         os._exit(70)
     if resources is None:
         resources = task_resources()

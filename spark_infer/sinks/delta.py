@@ -18,6 +18,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from delta.exceptions import (
+    ConcurrentAppendException,
+    ConcurrentDeleteDeleteException,
+    ConcurrentDeleteReadException,
+    ConcurrentTransactionException,
+    ConcurrentWriteException,
+    DeltaConcurrentModificationException,
+    MetadataChangedException,
+    ProtocolChangedException,
+)
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -25,6 +36,7 @@ from pyspark.sql.types import StructType
 from spark_infer.delta_log import is_delta_table, open_log
 from spark_infer.errors import ConcurrentRunError, ConfigError
 from spark_infer.log import event
+from spark_infer.sessions import capabilities
 from spark_infer.sinks.base import Committed, register_sink
 from spark_infer.tables import TableRef
 from spark_infer.units import UnitColumn, UnitKey, canonical_exprs, key_from_row
@@ -41,12 +53,52 @@ READER_FRIENDLY_PROPERTIES = {
     "delta.appendOnly": "false",
 }
 
-#: exception names (Python or JVM side) of Delta's optimistic-concurrency conflicts
-_CONFLICTS = (
-    "ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentTransaction",
-    "ConcurrentWriteException", "ConcurrentDeleteDeleteException", "ProtocolChangedException",
-    "MetadataChangedException", "DELTA_CONCURRENT", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
+#: Delta's optimistic-concurrency conflicts, as Delta's Python classes: importing `delta.exceptions`
+#: installs the converter that raises them for classic sessions, `delta.connect` for Spark Connect
+_CONFLICT_TYPES: tuple[type[BaseException], ...] = (
+    ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
+    ConcurrentTransactionException, ConcurrentWriteException, DeltaConcurrentModificationException,
+    MetadataChangedException, ProtocolChangedException,
 )
+#: the same conflicts as error conditions (all SQLSTATE 2D521), for clients that carry the server's
+#: condition but not Delta's Python class (a Connect client without delta.connect's mapping)
+_CONFLICT_CONDITIONS = frozenset({
+    "DELTA_CONCURRENT_APPEND", "DELTA_CONCURRENT_DELETE_DELETE", "DELTA_CONCURRENT_DELETE_READ",
+    "DELTA_CONCURRENT_TRANSACTION", "DELTA_CONCURRENT_WRITE", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
+})
+
+
+def _raise_typed_conflicts_on_connect() -> None:
+    """Have a Spark Connect client raise Delta's conflicts as the classes above (importing
+    `delta.connect` registers them), only where a Connect session is used: it pulls in the whole
+    Connect client."""
+    try:
+        import delta.connect.exceptions  # noqa: F401
+    except ImportError:  # no Connect client support installed: the conditions still tell
+        pass
+
+
+def is_delta_conflict(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an exception it was raised from) is a Delta commit conflict, by Delta's
+    Python class, else by its error condition, never by the text of a message; or the sink's own
+    ConcurrentRunError (Delta skipped our write because another run's came first)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConcurrentRunError, *_CONFLICT_TYPES)):
+            return True
+        if isinstance(exc, PySparkException) and _condition(exc).split(".", 1)[0] in _CONFLICT_CONDITIONS:
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def _condition(exc: PySparkException) -> str:
+    try:
+        return exc.getCondition() or ""
+    except Exception:  # noqa: BLE001 - a classic exception asks the JVM, which may be gone
+        return ""
+
 
 RUNS_SCHEMA = (
     "run_id string, job_name string, status string, exit_code int, input string, output string, task string, "
@@ -78,6 +130,8 @@ class DeltaOutput:
         self.txn_retention = txn_retention
         self.stats_columns = list(stats_columns)
         self._location: str | None = None
+        if capabilities(spark).remote:
+            _raise_typed_conflicts_on_connect()
 
     # -- state ------------------------------------------------------------------------------------
     @property
@@ -288,10 +342,7 @@ class DeltaOutput:
         raise RuntimeError(f"the write of units {units_id} to {self.ref} did not commit (no commit carries it)")
 
     def is_conflict(self, exc: BaseException) -> bool:
-        if isinstance(exc, ConcurrentRunError):
-            return True
-        text = f"{type(exc).__name__} {exc}"
-        return any(w in text for w in _CONFLICTS)
+        return is_delta_conflict(exc)
 
     def compact(self) -> None:
         self.spark.sql(f"OPTIMIZE {self.table.sql_name}")

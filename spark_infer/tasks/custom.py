@@ -7,8 +7,9 @@ Options:
 * `columns: [col, ...]` (required): input columns; each micro-batch reaches the predictor as a
   pandas DataFrame with exactly these columns, in this order (null values as None/NaN);
 * `predictor_options: {...}`: keyword arguments for the factory;
-* `output_type`: the output's type as a Spark DDL string; default: the factory's own `output_type`
-  attribute (a class attribute when the factory is a class, or `factory.output_type = ...`).
+* `output_type`: the output's type (forms below); default: the factory's own `output_type`
+  attribute (a class attribute when the factory is a class, or `factory.output_type = ...`). When
+  both are given they must agree.
 
 The factory is called once per worker and device (the model cache keeps the object) as
 `factory(device="cpu" | "cuda:N", **predictor_options)`, plus `model_dir=<the job's --model folder>`
@@ -17,9 +18,14 @@ when it has a `model_dir` parameter (or `**kwargs`). It returns an object with
 array, a list, or (for struct outputs) a pandas DataFrame with one column per struct field. If the
 object has an `output_type` attribute it must equal the declared one.
 
-Output types may be given as a pyarrow DataType, a pyspark DataType or a Spark DDL string
-("double", "array<float>", "struct<churn_probability:double,label:string>", or the top-level
-"churn_probability double, label string" form), parsed by `spark_infer.ddl`.
+Output types may be given as a pyarrow DataType, a pyspark DataType, Spark's JSON form of a type, or
+a Spark DDL string ("double", "array<float>", "struct<churn_probability:double,label:string>", or
+the top-level "churn_probability double, label string" form). DDL is read by Spark's own parser on
+the driver, which needs the Spark session: the job opens it first, `predict_udf` / `predict_frame`
+use the active one (without one they say so). Validated options hold the type as Spark's
+JSON, which the workers read without a JVM (`spark_infer.ddl`). A predictor object's own
+`output_type` given as DDL is compared on the workers by its text: the factory's text or the
+type's `simpleString()`.
 
 The job's model fingerprint covers the `--model` folder's files and these options, not the
 predictor's code: after changing the code, change something fingerprinted (for example a `version`
@@ -39,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from spark_infer.ddl import to_arrow
+from spark_infer.ddl import from_json, is_type_json, to_arrow, type_json
 from spark_infer.tasks.base import Encoding, Task, TaskOptions, register
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -50,8 +56,19 @@ class CustomOptions(TaskOptions):
     columns: list[str] = Field(min_length=1, description="input columns handed to predict() as a DataFrame")
     predictor_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
     output_type: str | None = Field(
-        default=None, description="Spark DDL of the output; default: the factory's output_type attribute"
+        default=None, description="the output's type (Spark DDL, Spark's JSON, a pyarrow or pyspark type); default: "
+        "the factory's output_type attribute. Validated options hold it as Spark's JSON, the form workers read"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _declared_type(cls, data: Any) -> Any:
+        """`output_type` as Spark's JSON, from the option or the factory: the one form workers read."""
+        if not isinstance(data, dict) or not isinstance(data.get("predictor"), str) \
+                or not _FACTORY_RE.match(data["predictor"]):
+            return data  # field validation names what is wrong
+        factory = load_factory(data["predictor"])
+        return {**data, "output_type": declared_type_json(data["predictor"], data.get("output_type"), factory)}
 
     @model_validator(mode="after")
     def _check(self) -> CustomOptions:
@@ -60,8 +77,6 @@ class CustomOptions(TaskOptions):
         dup = sorted({c for c in self.columns if self.columns.count(c) > 1})
         if dup:
             raise ValueError(f"columns has duplicates {dup}")
-        factory = load_factory(self.predictor)
-        resolve_output_type(self, factory)
         return self
 
 
@@ -84,23 +99,68 @@ def load_factory(path: str):
     return obj
 
 
-def resolve_output_type(options: CustomOptions, factory=None) -> pa.DataType:
-    if options.output_type is not None:
-        try:
-            return to_arrow(options.output_type)
-        except ValueError as exc:
-            raise ValueError(f"output_type={options.output_type!r}: {exc}") from None
-    factory = factory if factory is not None else load_factory(options.predictor)
+def factory_type(factory) -> Any:
+    """The factory's own `output_type` declaration, or None (a property is an instance's business)."""
     declared = getattr(factory, "output_type", None)
-    if declared is None or isinstance(declared, property):
+    return None if isinstance(declared, property) else declared
+
+
+def declared_type_json(predictor: str, option: Any, factory) -> str:
+    """Spark's JSON of the output type: the option's, else the factory's. DDL goes through Spark's
+    parser, which asks for the driver's session; ValueError naming the option when it is not a type.
+
+    Once the option is Spark's JSON (as validated options hold it, e.g. on the workers) a factory's
+    DDL is not parsed again: it was checked where a DDL, pyarrow or pyspark option was validated (an
+    option given as JSON in the first place is not checked against a DDL attribute).
+    """
+    own = factory_type(factory)
+    if option is None and own is None:
         raise ValueError(
-            f"predictor={options.predictor!r}: declare the output type, either as the option output_type "
+            f"predictor={predictor!r}: declare the output type, either as the option output_type "
             "(Spark DDL) or as an `output_type` attribute of the factory"
         )
+    if option is None:
+        try:
+            return type_json(own)
+        except ValueError as exc:
+            raise ValueError(f"predictor={predictor!r}: output_type {own!r}: {exc}") from None
     try:
-        return to_arrow(declared)
+        declared = type_json(option)
     except ValueError as exc:
-        raise ValueError(f"predictor={options.predictor!r}: output_type {declared!r}: {exc}") from None
+        raise ValueError(f"output_type={option!r}: {exc}") from None
+    already_json = isinstance(option, str) and is_type_json(option)
+    if own is not None and not (already_json and isinstance(own, str) and not is_type_json(own)):
+        try:
+            own_json = type_json(own)
+        except ValueError as exc:
+            raise ValueError(f"predictor={predictor!r}: output_type {own!r}: {exc}") from None
+        if own_json != declared:
+            raise ValueError(f"output_type={option!r} differs from the factory's own output_type {own!r}")
+    return declared
+
+
+def resolve_output_type(options: CustomOptions) -> pa.DataType:
+    """The validated options' output type as Arrow (no JVM: validated options hold Spark's JSON)."""
+    try:
+        return to_arrow(options.output_type)
+    except ValueError as exc:
+        raise ValueError(f"output_type={options.output_type!r}: {exc}") from None
+
+
+def _agrees(own: Any, declared_json: str, factory) -> bool:
+    """Whether a predictor object's own `output_type` is the declared type."""
+    if isinstance(own, str) and not is_type_json(own):
+        # Spark DDL, which workers cannot parse: the factory's own text was checked against the
+        # declared type on the driver; otherwise the type's own spelling
+        declared = factory_type(factory)
+        if isinstance(declared, str) and _plain(own) == _plain(declared):
+            return True
+        return _plain(own) == _plain(from_json(declared_json).simpleString())
+    return type_json(own) == declared_json  # as Spark sees them: pa.large_string() is a string too
+
+
+def _plain(ddl: str) -> str:
+    return "".join(ddl.split()).lower()
 
 
 @dataclass
@@ -129,11 +189,12 @@ class CustomTask(Task):
             raise TypeError(f"predictor {options.predictor!r} returned {type(self.predictor).__name__} "
                             "without a predict(df) method")
         self.columns = list(options.columns)
-        self._out_type = resolve_output_type(options, factory)
+        self._out_type = resolve_output_type(options)
         own = getattr(self.predictor, "output_type", None)
-        if own is not None and to_arrow(own) != self._out_type:
-            raise ValueError(f"predictor {options.predictor!r}: its output_type {to_arrow(own)} differs from the "
-                             f"declared {self._out_type}")
+        if own is not None and not _agrees(own, options.output_type, factory):
+            raise ValueError(f"predictor {options.predictor!r}: its output_type {own!r} differs from the declared "
+                             f"{from_json(options.output_type).simpleString()} (give it the declared type's text, "
+                             "or a pyarrow/pyspark type)")
 
     @classmethod
     def output_type_for(cls, options: TaskOptions) -> pa.DataType:
