@@ -151,3 +151,30 @@ def test_import_contracts_hold():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "0 broken" in r.stdout and "4 kept" in r.stdout, r.stdout[-2000:]
+
+
+#: a class or function longer than this is doing more than one job: split it along what it does
+MAX_CLASS_LINES, MAX_FUNCTION_LINES = 250, 100
+
+
+def test_no_class_over_250_lines_and_no_function_over_100():
+    too_long = []
+    for name, path in modules().items():
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        for node in ast.walk(tree):
+            limit = (MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else
+                     MAX_FUNCTION_LINES if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) else None)
+            if limit is not None and node.end_lineno - node.lineno + 1 > limit:
+                too_long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines (limit {limit})")
+    assert not too_long, too_long
+
+
+def test_the_job_is_split_along_its_pipeline():
+    """Each stage is found by its name: the commit protocol in one place, the group scorer in another,
+    and ScoringJob only sequences them."""
+    job = os.path.join(PKG, "job")
+    for stage in ("planner", "shape", "groups", "checks", "commit", "scheduler", "session"):
+        assert os.path.exists(os.path.join(job, f"{stage}.py")), stage
+    g = graph()
+    assert "spark_infer.job" not in g["spark_infer.job.groups"] | g["spark_infer.job.checks"]
+    assert not any(d.startswith("spark_infer.job") for d in g["spark_infer.plan"])  # the decisions are pure
