@@ -1,16 +1,24 @@
 """Delta Lake's jars and confs for Spark sessions started from plain Python (and spark-submit relaunches).
 
-From plain Python the JVM is started by us, so Delta's jars can be added: local jars
-($SPARK_INFER_DELTA_JARS / `delta_jars`), or Maven coordinates resolved by Ivy. Under spark-submit or
+From plain Python the JVM is started by us, so Delta's jars can be added with `spark.jars`: local jars
+($SPARK_INFER_DELTA_JARS / `delta_jars`), else the jars an earlier start resolved, else Maven
+coordinates resolved once by Spark's own Ivy resolution in a short-lived JVM whose output goes to a
+log file in the cache (`resolution_log`), not to the terminal: the first start prints one line
+(`spark-infer: downloading Delta Lake jars (once) ...`). $SPARK_INFER_VERBOSE=1, or the `spark_infer`
+logger at DEBUG, shows Ivy's and Spark's startup output as they come instead. Under spark-submit or
 Databricks the JVM already runs and these settings would be ignored (see `launch.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
+from collections import deque
 from urllib.parse import unquote, urlparse
 
+from spark_infer.errors import SinkUnavailable
 from spark_infer.local_cache import cache_dir
 
 #: The jar matching the pip delta-spark 4.4.1 API. 4.4.1's jar is not on Maven Central (checked
@@ -25,6 +33,25 @@ DELTA_CONFS = {
 DELTA_JARS_ENV = "SPARK_INFER_DELTA_JARS"
 #: set to 0 to resolve Delta's package through Ivy at every start (no reuse of a resolution)
 REUSE_ENV = "SPARK_INFER_REUSE_RESOLVED_JARS"
+#: set to 1 to see Ivy's resolution and Spark's startup output in the terminal
+VERBOSE_ENV = "SPARK_INFER_VERBOSE"
+#: the user's confs that decide how a package resolves (repositories, Ivy settings, proxies in JVM options)
+RESOLUTION_CONFS = ("spark.jars.repositories", "spark.jars.ivy", "spark.jars.ivySettings", "spark.jars.excludes",
+                    "spark.driver.extraJavaOptions")
+
+
+#: a Java stack frame line ("\tat org.apache...(File.scala:12)", "\t... 5 more")
+_FRAME = re.compile(r"^\s+(at \S+\(.*\)|\.\.\. \d+ more)\s*$")
+
+
+class DeltaJarsUnavailable(SinkUnavailable):
+    """Delta Lake's jars could not be resolved (no network, a proxy, a repository refusing)."""
+
+
+def verbose() -> bool:
+    """Whether the user asked to see Spark's and Ivy's own output ($SPARK_INFER_VERBOSE or DEBUG logging)."""
+    flag = os.environ.get(VERBOSE_ENV, "").strip().lower()
+    return flag not in ("", "0", "false", "no") or logging.getLogger("spark_infer").isEnabledFor(logging.DEBUG)
 
 
 def local_delta_jars(delta_jars: str | None = None) -> str | None:
@@ -33,8 +60,43 @@ def local_delta_jars(delta_jars: str | None = None) -> str | None:
     return delta_jars or os.environ.get(DELTA_JARS_ENV) or resolved_jars()
 
 
-def _resolution_file(package: str) -> str:
-    return os.path.join(cache_dir("jars"), hashlib.sha256(package.encode()).hexdigest()[:16] + ".txt")
+def _resolution_file(package: str, suffix: str = ".txt") -> str:
+    return os.path.join(cache_dir("jars"), hashlib.sha256(package.encode()).hexdigest()[:16] + suffix)
+
+
+def resolution_log(package: str = DELTA_PACKAGE) -> str:
+    """The log file of the latest Ivy resolution of `package` (overwritten by the next one)."""
+    return _resolution_file(package, ".ivy.log")
+
+
+def resolution_lock(package: str = DELTA_PACKAGE) -> str:
+    """The lock file that lets one process at a time resolve `package` (Ivy's cache is not safe for
+    concurrent writers, and the others then reuse the result)."""
+    return _resolution_file(package, ".lock")
+
+
+def log_tail(path: str, lines: int = 15) -> list[str]:
+    """The last `lines` non-blank lines of a log file, Java stack frames left out (the message above
+    them is what a user can act on); [] if it cannot be read."""
+    try:
+        with open(path, errors="replace") as f:
+            return list(deque((line.rstrip() for line in f if line.strip() and not _FRAME.match(line)),
+                              maxlen=lines))
+    except OSError:
+        return []
+
+
+def resolution_failed(package: str, log_path: str | None, cause: BaseException) -> DeltaJarsUnavailable:
+    """The error for a failed resolution: what failed, the log's last lines and path, what to do."""
+    tail = log_tail(log_path) if log_path else []
+    shown = "".join(f"\n    {line}" for line in tail)
+    where = f"\n  last lines of {log_path}:{shown}\n  full log: {log_path}" if log_path else ""
+    return DeltaJarsUnavailable(
+        f"could not download Delta Lake's jars ({package}) through Spark's Ivy resolution "
+        f"({type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else 'no detail'})"
+        f"{where}\n  offline or behind a proxy: put the jars on this machine and name them in "
+        f"${DELTA_JARS_ENV} (or `delta_jars`); another Maven repository: spark.jars.repositories or "
+        f"spark.jars.ivySettings; ${VERBOSE_ENV}=1 shows Ivy's output as it runs")
 
 
 def _local_path(uri: str) -> str:

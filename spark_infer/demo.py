@@ -1,10 +1,15 @@
 """The embedded default: a deterministic sample Delta table of product texts, embedded with the
-packaged all-MiniLM-L6-v2. `spark-infer demo` builds the table (once) and runs the real job on it."""
+packaged all-MiniLM-L6-v2. `spark-infer demo` builds the table (once) and runs the real job on it.
+
+Everything the demo writes stays in its folder (`--dir`, default `./demo-output`): the sample input,
+the output, the run table and Spark's warehouse; nothing else lands in the working directory.
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 from typing import Any
 
 CATEGORIES = ("books", "electronics", "garden", "kitchen", "toys")
@@ -75,12 +80,17 @@ def run_demo(base_dir: str = "demo-output", rows: int = 3000, master: str = "loc
     Returns the job's exit code. `overrides` are extra config fields (the command line's flags).
     """
     from spark_infer.config import build_config
+    from spark_infer.errors import SinkUnavailable
     from spark_infer.run import ExitCode, execute
     from spark_infer.sessions import build_session
 
     base = os.path.abspath(base_dir)
     inp, out = os.path.join(base, "products"), os.path.join(base, "product_embeddings")
-    spark = build_session("spark-infer-demo", master)
+    try:
+        spark = build_session("spark-infer-demo", master, warehouse_dir=os.path.join(base, "spark-warehouse"))
+    except SinkUnavailable as exc:  # Delta's jars could not be downloaded: the message says what to do
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return int(ExitCode.ERROR)
     if write_sample_table(spark, inp, rows):
         print(f"demo: wrote sample table {inp} ({rows} rows, partitioned by category)")
     fields = {"input": inp, "output": out, "task": "embed", "id_col": "id", "text_col": "text",

@@ -1,6 +1,9 @@
-"""Session building: Delta's jars resolved once per machine and reused (no Ivy run at every start)."""
+"""Session building: Delta's jars resolved once per machine and reused (no Ivy run at every start), and
+what a JVM we start is given (a quiet log4j2 file, the user's options kept, nothing in the cwd)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -86,3 +89,84 @@ def test_only_local_sessions_pin_the_workers_python(master, pins):
     from spark_infer.sessions import pins_worker_python
 
     assert pins_worker_python(master) is pins
+
+
+# -- what a JVM we start is given ------------------------------------------------------------------------
+
+@pytest.fixture
+def spark_env(tmp_path, monkeypatch):
+    """No Spark settings of the user's anywhere; our folders under tmp_path."""
+    for k in ("PYSPARK_SUBMIT_ARGS", "SPARK_SUBMIT_OPTS", "JAVA_TOOL_OPTIONS", delta_jars.VERBOSE_ENV):
+        monkeypatch.delenv(k, raising=False)
+    conf_dir = tmp_path / "spark-conf"
+    conf_dir.mkdir()
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf_dir))
+    monkeypatch.setenv("SPARK_INFER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    return conf_dir
+
+
+def test_spark_warehouse_goes_to_our_data_dir_unless_the_user_chose_a_place(spark_env, tmp_path, monkeypatch):
+    from spark_infer.sessions import _no_litter_confs
+
+    key = "spark.sql.warehouse.dir"
+    assert _no_litter_confs({}, None) == {key: str(tmp_path / "data" / "spark-infer" / "spark-warehouse")}
+    assert _no_litter_confs({}, "demo/spark-warehouse") == {key: os.path.abspath("demo/spark-warehouse")}
+    assert _no_litter_confs({key: "/mine"}, "demo") == {}  # the user's conf is kept as given
+    monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", f"--conf {key}=/mine pyspark-shell")
+    assert _no_litter_confs({}, None) == {}
+    monkeypatch.delenv("PYSPARK_SUBMIT_ARGS")
+    (spark_env / "spark-defaults.conf").write_text(f"# site defaults\n{key}  hdfs:///warehouse\n")
+    assert _no_litter_confs({}, None) == {}  # ours would silently replace spark-defaults.conf's
+
+
+def test_a_jvm_we_start_is_quiet_and_keeps_the_users_java_options(spark_env, monkeypatch):
+    from spark_infer.sessions import _startup_java_options
+
+    key = "spark.driver.extraJavaOptions"
+    opts = _startup_java_options({key: "-Dhttp.proxyHost=proxy"}, "local[2]")
+    assert opts.startswith("-Dhttp.proxyHost=proxy ")
+    log4j = opts.split("-Dlog4j2.configurationFile=", 1)[1].split(" ")[0]
+    text = open(log4j).read()
+    assert "org.apache.hadoop.util.NativeCodeLoader" in text and "org.apache.spark.util.Utils" in text
+    assert "org.apache.spark.util.Utils" not in open(  # hostname notices matter on a real cluster
+        _startup_java_options({}, "yarn").split("-Dlog4j2.configurationFile=", 1)[1].split(" ")[0]).read()
+    assert "-Dderby.system.home=" in opts  # derby.log / metastore_db of a Hive catalog: not in the cwd
+    # the user's own log4j configuration wins, and so does asking to see everything
+    assert _startup_java_options({key: "-Dlog4j2.configurationFile=/m"}, "local").count("log4j2") == 1
+    (spark_env / "log4j2.properties").write_text("rootLogger.level = info\n")
+    assert "log4j2" not in _startup_java_options({}, "local")
+    (spark_env / "log4j2.properties").unlink()
+    monkeypatch.setenv(delta_jars.VERBOSE_ENV, "1")
+    assert "log4j2" not in _startup_java_options({}, "local")
+    # options set in spark-defaults.conf are not replaced by ours
+    (spark_env / "spark-defaults.conf").write_text(f"{key} -Dsite=1\n")
+    assert _startup_java_options({}, "local") is None
+
+
+def test_java_option_paths_with_spaces_are_quoted_for_sparks_launcher():
+    from spark_infer.sessions import _java_opt
+
+    assert _java_opt("a.b", "/plain/path") == "-Da.b=/plain/path"
+    assert _java_opt("a.b", "/Users/me/Library/Application Support/x") == \
+        '-Da.b="/Users/me/Library/Application Support/x"'
+
+
+def test_verbose_is_asked_by_env_or_debug_logging(monkeypatch):
+    import logging
+
+    monkeypatch.delenv(delta_jars.VERBOSE_ENV, raising=False)
+    logger = logging.getLogger("spark_infer")
+    before = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        assert not delta_jars.verbose()
+        monkeypatch.setenv(delta_jars.VERBOSE_ENV, "0")
+        assert not delta_jars.verbose()
+        monkeypatch.setenv(delta_jars.VERBOSE_ENV, "1")
+        assert delta_jars.verbose()
+        monkeypatch.delenv(delta_jars.VERBOSE_ENV)
+        logger.setLevel(logging.DEBUG)
+        assert delta_jars.verbose()
+    finally:
+        logger.setLevel(before)

@@ -1,25 +1,26 @@
 """The node-local model cache: a snapshot downloaded once per machine, whatever number of Python
 workers ask for it at once.
 
-Folders are keyed by the snapshot's immutable identity under `$SPARK_INFER_CACHE/models/` (default
-`~/.cache/spark-infer/models`). A download goes to a temporary folder, is checked against the
-driver's manifest (every file, every size), and is renamed into place only when complete, under a
-file lock, so concurrent workers on one node download once and never see half a model. Each
-download is recorded in `<key>.downloads` (one line: host, pid, time), which is how the tests count
-downloads per node.
+Folders are keyed by the snapshot's immutable identity under `cache_dir("models")` (see
+`spark_infer.local_cache`: `$SPARK_INFER_CACHE/models/`, default `~/.cache/spark-infer/models` on
+Linux, a per-user temp folder when HOME is not writable). A download goes to a temporary folder, is
+checked against the driver's manifest (every file, every size), and is renamed into place only when
+complete, under a file lock (filelock's `FileLock`, one lock file per snapshot), so concurrent workers
+on one node download once and never see half a model. Each download is recorded in `<key>.downloads`
+(one line: host, pid, time), which is how the tests count downloads per node.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
 import socket
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
+
+from filelock import FileLock
 
 from spark_infer.local_cache import cache_dir
 
@@ -30,17 +31,8 @@ _COMPLETE = ".spark-infer-complete"
 
 
 def snapshot_key(snapshot: ModelSnapshot) -> str:
+    """The snapshot's folder name in the cache: a hash of its source and immutable identity."""
     return hashlib.sha256(f"{snapshot.source}\0{snapshot.identity}".encode()).hexdigest()[:32]
-
-
-@contextmanager
-def _locked(path: str):
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cached_snapshot(snapshot: ModelSnapshot, download: Callable[[str], None]) -> str:
@@ -50,7 +42,7 @@ def cached_snapshot(snapshot: ModelSnapshot, download: Callable[[str], None]) ->
     final = os.path.join(root, key)
     if os.path.exists(os.path.join(final, _COMPLETE)):
         return final
-    with _locked(os.path.join(root, key + ".lock")):
+    with FileLock(os.path.join(root, key + ".lock")):
         if os.path.exists(os.path.join(final, _COMPLETE)):
             return final  # another worker finished it while we waited
         partial = f"{final}.partial-{os.getpid()}"

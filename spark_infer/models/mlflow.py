@@ -2,7 +2,11 @@
 `runs:/<run_id>/<path>` (Unity Catalog's registry too: `MLFLOW_REGISTRY_URI=databricks-uc`).
 
 Resolved once, on the driver, through MLflow's own client (`pip install 'spark-infer[mlflow]'`;
-tracking and registry URIs from `MLFLOW_TRACKING_URI` / `MLFLOW_REGISTRY_URI`): an alias becomes the
+tracking and registry URIs from `MLFLOW_TRACKING_URI` / `MLFLOW_REGISTRY_URI` or `mlflow.set_*_uri`).
+A tracking URI must be set, except on Databricks (and with a Databricks registry), where it defaults to
+`databricks`: MLflow's own default is a new store in the working directory (`sqlite:///mlflow.db`, or
+`./mlruns`), which could only hold a registry nobody filled, so a reference without a configured
+MLflow is a ConfigError naming what to set, and nothing is written. An alias becomes the
 version it points to now, and that version (`models:/minilm/3`) is what the fingerprint and the
 lineage column record, so moving an alias is a model change the plan shows. The snapshot is the
 version's storage location plus its file listing (names and sizes); workers download exactly that
@@ -48,13 +52,34 @@ def _mlflow() -> Any:
     return mlflow
 
 
-def _listing(mlflow: Any, uri: str, prefix: str = "") -> list[tuple[str, int]]:
+def _tracking_uri(mlflow: Any, reference: str) -> str:
+    """The tracking URI to resolve `reference` with: the one the user set, else `databricks` on
+    Databricks or next to a Databricks registry; never MLflow's default store in the working directory."""
+    try:
+        from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+    except ImportError:  # a future MLflow without it: the variable is the documented way to set it
+        def is_tracking_uri_set() -> bool:
+            return bool(os.environ.get("MLFLOW_TRACKING_URI"))
+    if is_tracking_uri_set():
+        return str(mlflow.get_tracking_uri())
+    registry = os.environ.get("MLFLOW_REGISTRY_URI") or ""
+    if "DATABRICKS_RUNTIME_VERSION" in os.environ or registry.startswith("databricks"):
+        return "databricks"
+    raise ConfigError(
+        f"model={reference!r}: no MLflow tracking URI is set, and MLflow's default would create an empty "
+        f"store in the working directory ({os.path.join(os.getcwd(), 'mlflow.db')}); set MLFLOW_TRACKING_URI "
+        "to your tracking server (http://..., databricks, or sqlite:////abs/path/mlflow.db), and "
+        "MLFLOW_REGISTRY_URI when the registry is elsewhere (databricks-uc for Unity Catalog)")
+
+
+def _listing(mlflow: Any, uri: str, tracking_uri: str, prefix: str = "") -> list[tuple[str, int]]:
     """(path relative to `uri`, size) of every artifact under `uri` (MLflow lists one level at a time)."""
     out: list[tuple[str, int]] = []
-    for f in mlflow.artifacts.list_artifacts(artifact_uri=posixpath.join(uri, prefix) if prefix else uri):
+    for f in mlflow.artifacts.list_artifacts(artifact_uri=posixpath.join(uri, prefix) if prefix else uri,
+                                             tracking_uri=tracking_uri):
         rel = posixpath.join(prefix, posixpath.basename(f.path.rstrip("/")))
         if f.is_dir:
-            out += _listing(mlflow, uri, rel)
+            out += _listing(mlflow, uri, tracking_uri, rel)
         else:
             out.append((rel, int(f.file_size or 0)))
     return out
@@ -97,11 +122,15 @@ class MlflowSource(ModelSource):
 
     @classmethod
     def resolve(cls, reference: str, revision: str | None = None) -> ModelSnapshot:
+        m, r = _MODELS.match(reference), _RUNS.match(reference)
+        if not m and not r:
+            raise ConfigError(f"model={reference!r}: expected models:/<name>/<version>, models:/<name>@<alias> "
+                              "or runs:/<run_id>/<path>")
         mlflow = _mlflow()
         from mlflow.exceptions import MlflowException
 
-        client = mlflow.MlflowClient()
-        m, r = _MODELS.match(reference), _RUNS.match(reference)
+        tracking_uri = _tracking_uri(mlflow, reference)
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         try:
             if m:
                 name, version, alias = m["name"], m["version"], m["alias"]
@@ -121,7 +150,7 @@ class MlflowSource(ModelSource):
                 uri = client.get_model_version_download_uri(name, str(mv.version))
                 resolved = f"models:/{name}/{mv.version}"
                 pinned = f"{name}/{mv.version}"
-            elif r:
+            else:
                 if revision is not None:
                     raise ConfigError(f"model_revision={revision!r}: a runs:/ reference is already one run's files")
                 run = client.get_run(r["run"])
@@ -129,17 +158,14 @@ class MlflowSource(ModelSource):
 
                 uri = RunsArtifactRepository.get_underlying_uri(reference)
                 resolved, pinned = reference, run.info.run_id
-            else:
-                raise ConfigError(f"model={reference!r}: expected models:/<name>/<version>, models:/<name>@<alias> "
-                                  "or runs:/<run_id>/<path>")
-            files = _listing(mlflow, uri)
+            files = _listing(mlflow, uri, tracking_uri)
             if not files:
                 raise ConfigError(f"model={reference!r}: no artifacts at {resolved} ({uri})")
             layout = _layout(mlflow, uri, files)
         except MlflowException as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"model={reference!r}: the MLflow registry could not resolve it: {msg} "
-                              f"(tracking URI {mlflow.get_tracking_uri()!r})") from None
+                              f"(tracking URI {tracking_uri!r})") from None
         if not layout:
             raise ConfigError(f"model={reference!r}: the artifacts of {resolved} hold no loadable model "
                               "(no MLmodel transformers/sentence_transformers flavor, no config.json or "
@@ -151,7 +177,7 @@ class MlflowSource(ModelSource):
             data = mlflow.artifacts.load_text(posixpath.join(uri, layout["model"], config))
             config_sha = hashlib.sha256(data.encode()).hexdigest()
         identity = hashlib.sha256(json.dumps([resolved, uri, sorted(files)]).encode()).hexdigest()
-        locator = json.dumps({"uri": uri, "layout": layout, "tracking_uri": mlflow.get_tracking_uri()})
+        locator = json.dumps({"uri": uri, "layout": layout, "tracking_uri": tracking_uri})
         return ModelSnapshot(source=cls.name, reference=resolved, locator=locator, identity=identity,
                              revision=pinned, manifest=manifest, config_sha256=config_sha)
 

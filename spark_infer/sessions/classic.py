@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Mapping
 from typing import Any
 
-from pyspark import AccumulatorParam
+from pyspark import AccumulatorParam, SparkContext
 from pyspark.sql import SparkSession
 
 from spark_infer.sessions.base import SessionCapabilities, register_kind
@@ -77,3 +79,43 @@ class ClassicSession(SessionCapabilities):
 
     def ship_python_file(self, path: str) -> None:
         self.spark.sparkContext.addPyFile(path)
+
+
+def jvm_running() -> bool:
+    """Whether this process already has a Spark JVM (a stopped session keeps its gateway): its
+    classpath is fixed, so jars resolved now could not reach it."""
+    return SparkContext._gateway is not None
+
+
+def resolve_packages(packages: str, conf: Mapping[str, str], log_path: str | None) -> str:
+    """Resolve Maven `packages` through Spark's own Ivy resolution (spark-submit's, so repositories,
+    Ivy settings and proxy options in `conf` apply) in a short-lived JVM that starts no SparkContext;
+    its output goes to `log_path` (None: to this process's stdout/stderr). Returns the resolved jars,
+    comma-separated, as Spark puts them in `spark.jars`. Raises if the JVM exits (resolution failed)."""
+    from pyspark import SparkConf
+    from pyspark.java_gateway import launch_gateway
+
+    spark_conf = SparkConf(loadDefaults=False)
+    for k, v in {**conf, "spark.jars.packages": packages}.items():
+        spark_conf.set(k, v)
+    log_file = open(log_path, "w") if log_path else None  # noqa: SIM115 - the JVM writes to it until it exits
+    try:
+        kwargs = {"stdout": log_file, "stderr": subprocess.STDOUT} if log_file else None
+        gateway = launch_gateway(spark_conf, popen_kwargs=kwargs)
+        proc = gateway.proc
+        try:
+            jars = gateway.jvm.java.lang.System.getProperty("spark.jars") or ""
+        finally:
+            gateway.shutdown()
+            proc.stdin.close()  # the gateway JVM exits when its stdin closes
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        if log_file:
+            log_file.close()
+    if not jars:
+        raise RuntimeError(f"spark-submit resolved no jars for {packages}")
+    return jars
