@@ -73,6 +73,7 @@ def plain_write(df: Any, path: str, predicate: str, app_id: str) -> None:
      .option("txnAppId", app_id).option("txnVersion", "1").save(path))
 
 
+@pytest.mark.slow
 def test_real_concurrent_commits_are_conflicts_and_ordinary_errors_are_not(spark, tmp_path):
     from delta.exceptions import ConcurrentAppendException, ConcurrentTransactionException
 

@@ -72,6 +72,7 @@ def places(tmp_path):
 
 # -- the first start -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_first_start_prints_one_line_and_keeps_ivys_output_in_a_log(places, tmp_path, monkeypatch):
     cwd, home = places
     cache = str(tmp_path / "cache")  # no remembered resolution: this start resolves Delta's package
