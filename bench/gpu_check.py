@@ -161,11 +161,14 @@ def spark_variants(spark, model_dir: str, texts: list[str], batch_size: int, max
 
     df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "id long, text string").repartition(1).cache()
     df.count()
+    # the warm-up reads every row of a small frame: a Python worker whose task stopped reading early
+    # (`limit`) is not reused, so the timed run would pay for a new worker (torch import, model load)
+    small = spark.createDataFrame([(i, t) for i, t in enumerate(texts[:8])], "id long, text string").repartition(1)
     res: dict[str, Any] = {}
 
-    def timed(name: str, out_df, sample_util: bool = False) -> None:
-        warm = out_df.limit(8)  # the model loads outside the timing
-        warm.write.format("noop").mode("overwrite").save()
+    def timed(name: str, make, sample_util: bool = False) -> None:
+        make(small).write.format("noop").mode("overwrite").save()  # the model loads outside the timing
+        out_df = make(df)
         t0 = time.perf_counter()
         if sample_util:
             with util:
@@ -178,9 +181,10 @@ def spark_variants(spark, model_dir: str, texts: list[str], batch_size: int, max
     for prefetch in ("on", "off"):
         udf = predict_udf("embed", model=model_dir, batch_size=batch_size, max_length=max_length, device=device,
                           prefetch=prefetch)
-        timed(f"predict_udf prefetch={prefetch}", df.select("id", udf("text").alias("e")), sample_util=prefetch == "on")
-    timed("predict_frame", predict_frame(df, "text", "embed", model=model_dir, keys=["id"], batch_size=batch_size,
-                                         max_length=max_length, device=device))
+        timed(f"predict_udf prefetch={prefetch}", lambda d, u=udf: d.select("id", u("text").alias("e")),
+              sample_util=prefetch == "on")
+    timed("predict_frame", lambda d: predict_frame(d, "text", "embed", model=model_dir, keys=["id"],
+                                                   batch_size=batch_size, max_length=max_length, device=device))
 
     def make_predict_fn():
         import torch
@@ -199,7 +203,7 @@ def spark_variants(spark, model_dir: str, texts: list[str], batch_size: int, max
         return predict
 
     pbu = predict_batch_udf(make_predict_fn, return_type=ArrayType(FloatType()), batch_size=batch_size)
-    timed("predict_batch_udf", df.select("id", pbu("text").alias("e")))
+    timed("predict_batch_udf", lambda d: d.select("id", pbu("text").alias("e")))
     df.unpersist()
     return res
 

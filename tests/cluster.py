@@ -23,7 +23,55 @@ from dataclasses import dataclass, field
 import pytest
 
 #: JVM options for short-lived test JVMs: C1 only (far less JIT CPU), serial GC
-QUICK_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+BASE_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+
+_ARCHIVE_WARMUP = """
+from spark_infer.sessions import build_session
+spark = build_session("spark-infer-cds", "local[1]", {"spark.ui.enabled": "false"})
+spark.range(100).selectExpr("id % 3 AS k", "CAST(id AS STRING) AS t").groupBy("k").count().collect()
+spark.stop()
+"""
+
+
+def class_archive() -> str | None:
+    """A JVM class-data archive of Spark's own classes (AppCDS), made once per machine and Spark/Java
+    version: every test JVM that maps it starts ~1.5 s sooner and runs its first job ~1.5 s sooner (the
+    suite starts dozens of JVMs). None when it cannot be made; a JVM whose class path differs ignores
+    it (silently, with the cds logs off)."""
+    import hashlib
+    import sys
+
+    import pyspark
+
+    try:
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        return None
+    jars = sorted(os.listdir(os.path.join(os.path.dirname(pyspark.__file__), "jars")))
+    key = hashlib.sha256("\n".join([java, pyspark.__version__, *jars]).encode()).hexdigest()[:16]
+    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "spark-infer-tests")
+    path = os.path.join(folder, f"spark-{key}.jsa")
+    if os.path.exists(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    env = {**os.environ, "SPARK_SUBMIT_OPTS": f"{BASE_JVM_OPTS} -XX:ArchiveClassesAtExit={tmp} -Xlog:cds=off "
+                                                 "-Xlog:cds+dynamic=off"}
+    try:
+        subprocess.run([sys.executable, "-c", _ARCHIVE_WARMUP], env=env, capture_output=True, timeout=300,
+                       start_new_session=True)
+    except subprocess.SubprocessError:
+        pass
+    if not os.path.exists(tmp):
+        return None
+    os.replace(tmp, path)  # atomic: a concurrent suite never maps half an archive
+    return path
+
+
+_ARCHIVE = class_archive()
+#: `BASE_JVM_OPTS` plus the class archive, for every JVM a test starts (drivers, executors)
+QUICK_JVM_OPTS = BASE_JVM_OPTS + (f" -XX:SharedArchiveFile={_ARCHIVE} -Xlog:cds=off -Xlog:cds+dynamic=off"
+                                  if _ARCHIVE else "")
 
 #: environment variable whose value marks every process of one test cluster (and its jobs)
 MARKER_ENV = "SPARK_INFER_TEST_CLUSTER"

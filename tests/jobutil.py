@@ -64,9 +64,10 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         proc.wait(timeout=30)
 
 
-def run(cmd: list[str], timeout: int = 300, env_vars: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: float = 300, env_vars: dict[str, str] | None = None,
+        cwd: str = ROOT) -> subprocess.CompletedProcess:
     """Run to completion in its own process group; everything it started is killed afterwards."""
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env_vars if env_vars is not None else env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    p = subprocess.Popen(cmd, cwd=cwd, env=env_vars if env_vars is not None else env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     try:
         out, _ = p.communicate(timeout=timeout)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from jobutil import env, kill_group
+from jobutil import env, kill_group, run
 
 from spark_infer import delta_jars
 
@@ -30,19 +29,7 @@ SPARK_NOTICES = ("NativeCodeLoader", "Using Spark's default log4j profile", "Set
 
 def run_in(cwd: str, args: list[str], env_vars: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """Run `args` in `cwd` in its own process group; everything it started is killed afterwards."""
-    p = subprocess.Popen(args, cwd=cwd, env=env_vars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except BaseException:
-        kill_group(p)
-        raise
-    finally:
-        try:  # the JVM and Python workers must not outlive the test
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(args, p.returncode, out, "")
+    return run(args, timeout=timeout, env_vars=env_vars, cwd=cwd)
 
 
 def python(code: str) -> list[str]:

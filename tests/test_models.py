@@ -119,7 +119,7 @@ def test_bad_references_are_config_errors_naming_what_was_tried(spark, tmp_path,
 def s3(tmp_path_factory):
     """An S3-compatible server on 127.0.0.1 (moto) with a bucket; skipped where it does not install."""
     pytest.importorskip("s3fs", reason="s3fs (spark-infer[s3]) is not installed")
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    server_mod = pytest.importorskip("moto.server", reason="moto[s3] + flask (spark-infer[test]) are not installed")
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
