@@ -209,6 +209,7 @@ def sectioned(data: Mapping[str, Any], written: dict[tuple[str, ...], str] | Non
     `written`, when given, collects how each field was named (`batch_size` or `runtime.batch_size`),
     so that errors name it the way the user wrote it.
     """
+    written = {} if written is None else written
     out: dict[str, Any] = {}
     for key, value in data.items():
         key = str(key).replace("-", "_")
@@ -217,11 +218,10 @@ def sectioned(data: Mapping[str, Any], written: dict[tuple[str, ...], str] | Non
                 value = value.model_dump()
             if isinstance(value, Mapping):
                 fields = {str(k).replace("-", "_"): v for k, v in value.items()}
-                for f in fields:
-                    _note(written, (key, f), f"{key}.{f}")
+                written.update({(key, f): f"{key}.{f}" for f in fields})
             elif key in SCALAR_SECTIONS:
                 fields = {SCALAR_SECTIONS[key]: value}
-                _note(written, (key, SCALAR_SECTIONS[key]), key)
+                written[(key, SCALAR_SECTIONS[key])] = key
             else:
                 out[key] = value  # not a mapping: pydantic names the section and the value
                 continue
@@ -233,15 +233,10 @@ def sectioned(data: Mapping[str, Any], written: dict[tuple[str, ...], str] | Non
             section = out.setdefault(sec, {})
             if isinstance(section, dict):
                 section[field] = value
-            _note(written, (sec, field), key)
+            written[(sec, field)] = key
         else:
             out[key] = value  # a top-level field, or an unknown one that validation names
     return out
-
-
-def _note(written: dict[tuple[str, ...], str] | None, loc: tuple[str, ...], name: str) -> None:
-    if written is not None:
-        written[loc] = name
 
 
 class JobConfig(_Section):

@@ -93,8 +93,7 @@ class ScoringJob:
             if not self.cfg.dry_run and not self.stop_requested.is_set():
                 self.score_and_commit()
         finally:
-            if self.session.spark is not None:
-                self.session.restore_conf()
+            self.session.restore_conf()  # a no-op when no conf was set (no session opened)
         return self.summary
 
     def resolve_model(self) -> ModelSpec:
