@@ -141,10 +141,10 @@ class DeltaOutput:
         return self._location
 
     def exists(self) -> bool:
-        if self.table.is_path:
-            found = is_delta_table(self.location)
-            if found is not None:
-                return found
+        # a local probe may only add knowledge: a client that cannot see the storage (Databricks
+        # Connect, serverless) finds no table where the server has one, so "no" is asked of Spark
+        if self.table.is_path and is_delta_table(self.location):
+            return True
         return self.table.exists(self.spark)
 
     def _metadata(self) -> tuple[StructType, list[str], dict[str, str]]:
