@@ -31,7 +31,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 
 REPO = "/opt/spark-infer"                          # a checkout (or install) of spark-infer
 CONFIG = "/opt/spark-infer/conf/products.yaml"     # the job's YAML: input, output, task, model, ...
-DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
+DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"  # the cluster's Spark line: delta-spark_4.0/4.1/4.2_2.13
 EXIT_CONFIG = 2
 
 

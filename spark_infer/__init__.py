@@ -14,9 +14,39 @@ Public API: `predict_udf`, `predict_frame`, `ScoringMetrics`, `run_job`, `JobCon
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
+
+#: what to do when PySpark is missing (it is the `spark` extra, not a dependency: see pyproject.toml)
+PYSPARK_HINT = (
+    "spark-infer needs PySpark 4.0.1 or newer (below 4.3), and none is installed in this Python "
+    f"({sys.executable}). Locally and on clusters you set up: pip install 'spark-infer[spark]' "
+    "(PySpark and delta-spark). On a Databricks runtime (17.x or newer) `%pip install spark-infer` uses the "
+    "runtime's own PySpark: do not install another. With Databricks Connect, databricks-connect provides it: "
+    "do not install pyspark beside it."
+)
+
+
+def _require_pyspark() -> None:
+    """Fail at import, with what to install, when no PySpark is importable (a cheap check: nothing is
+    imported). A PySpark older than 4.0, as its package metadata tells, is refused the same way."""
+    if importlib.util.find_spec("pyspark") is None:
+        raise ImportError(PYSPARK_HINT)
+    from importlib import metadata
+
+    try:
+        version = metadata.version("pyspark")
+    except metadata.PackageNotFoundError:  # a runtime's own PySpark (Databricks) has no pip metadata
+        return
+    if int(version.split(".", 1)[0]) < 4:
+        raise ImportError(f"spark-infer needs PySpark 4.0.1 or newer (below 4.3); this Python has PySpark "
+                          f"{version}: pip install 'spark-infer[spark]' (or a Databricks runtime 17.x or newer)")
+
+
+_require_pyspark()
 
 __all__ = [
     "ConfigError", "ExitCode", "JobConfig", "RunSummary", "ScoringMetrics", "__version__", "make_spec",

@@ -85,6 +85,13 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     p.add_argument("--no-record-runs", dest="record_runs", action="store_false", default=None,
                    help="do not append the run record to the runs table")
     p.add_argument("--master")
+    p.add_argument("--session-kind", dest="session_kind", choices=["auto", "classic", "connect", "serverless"],
+                   help="what the session allows (default: detected; serverless: no persist, allow-listed confs)")
+    p.add_argument("--udf-memory-limit", dest="udf_memory_limit",
+                   help="memory a UDF may use on the workers, e.g. 1g (default: the platform's cap)")
+    p.add_argument("--staging", choices=["auto", "persist", "table"],
+                   help="where scored rows wait for their commit (default: persist, or a table on serverless)")
+    p.add_argument("--staging-schema", dest="staging_schema", help="catalog.schema for staging tables")
     p.add_argument("--remote", help="Spark Connect URL, e.g. sc://host:15002 (default: $SPARK_REMOTE)")
     p.add_argument("--py-files", dest="py_files", help="comma-separated .py/.zip files the workers import")
     p.add_argument("--job-name", dest="job_name")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -84,6 +85,17 @@ class OutputSection(_Section):
     change_data_feed: bool = False
 
 
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """`1g`, `512m`, `1.5GiB`, `1073741824` -> bytes (powers of 1024, as Spark's sizes)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise ValueError(f"{text!r} is not a size (write it like 1g, 512m or a number of bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
 class ResourcesSection(_Section):
     """Where the job runs and how wide: the Spark session, GPUs/CPUs per task, groups in flight."""
 
@@ -101,10 +113,24 @@ class ResourcesSection(_Section):
     concurrent_groups: int = Field(default=2, ge=1, le=64, description="commit groups scored and committed at once")
     arrow_batch_size: int = Field(default=4096, ge=1, description="spark.sql.execution.arrow.maxRecordsPerBatch")
     spark_conf: dict[str, str] = Field(default_factory=dict)
+    session_kind: Literal["auto", "classic", "connect", "serverless"] = Field(
+        default="auto",
+        description="what the session allows: auto (detected), or serverless (no persist, allow-listed confs, "
+                    "UDF memory cap) when detection cannot tell",
+    )
+    udf_memory_limit: int | None = Field(
+        default=None, ge=1,
+        description="bytes a UDF may use on the workers (default: the platform's cap: 1 GiB on serverless)",
+    )
     delta_jars: str | None = Field(default=None, description="comma-separated local Delta jars (air-gapped)")
     py_files: list[str] = Field(
         default_factory=list, description=".py/.zip files the workers must import (a custom predictor's code)"
     )
+
+    @field_validator("udf_memory_limit", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        return parse_bytes(v) if isinstance(v, str) else v
 
     @field_validator("gpus_per_task")
     @classmethod
@@ -162,6 +188,17 @@ class CommitSection(_Section):
         default="delete", description="output units whose input unit is gone: delete their rows, or keep them"
     )
     rescore_errors: bool = Field(default=False, description="rescore units whose output holds error rows")
+    staging: Literal["auto", "persist", "table"] = Field(
+        default="auto",
+        description="where a group's scored rows wait for their check and commit: persist (executors' disks), "
+                    "table (a staging Delta table; durable, and what serverless needs); auto: persist where "
+                    "the session can, else table",
+    )
+    staging_schema: str | None = Field(
+        default=None,
+        description="catalog.schema for staging tables (default: the output's schema for a catalog-named output, "
+                    "else the session's current schema)",
+    )
     txn_retention: str = Field(
         default="interval 7 days", pattern=r"^interval \d+ (second|minute|hour|day|week)s?$",
         description="how long the output keeps each commit group's transaction id (delta.setTransactionRetentionDuration)",

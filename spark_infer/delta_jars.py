@@ -21,10 +21,47 @@ from urllib.parse import unquote, urlparse
 from spark_infer.errors import SinkUnavailable
 from spark_infer.local_cache import cache_dir
 
-#: The jar matching the pip delta-spark 4.4.1 API. 4.4.1's jar is not on Maven Central (checked
-#: 2026-11-29: 404 for every artifact name, 4.4.0 is the newest published), so the 4.4.0 jar built
-#: for Spark 4.2 is used; override with $SPARK_INFER_DELTA_PACKAGE.
-DELTA_PACKAGE = os.environ.get("SPARK_INFER_DELTA_PACKAGE", "io.delta:delta-spark_4.2_2.13:4.4.0")
+#: Delta Lake's jar for each Spark line the `[spark]` extra allows (pyspark>=4.0.1,<4.3), all of
+#: Delta 4.4.0, matching the pip delta-spark 4.4.x API: Delta publishes one build per Spark line
+#: (`delta-spark_<spark>_2.13`; the 4.0 one is built against Spark 4.0.1). 4.4.1's jars are not on
+#: Maven Central (checked 2026-11-29: 404 for every artifact name, 4.4.0 is the newest published).
+DELTA_PACKAGES = {
+    "4.0": "io.delta:delta-spark_4.0_2.13:4.4.0",
+    "4.1": "io.delta:delta-spark_4.1_2.13:4.4.0",
+    "4.2": "io.delta:delta-spark_4.2_2.13:4.4.0",
+}
+#: the Spark line whose jar is used when the running PySpark's version is not known or newer
+NEWEST_SPARK_LINE = "4.2"
+
+
+def pyspark_version() -> str | None:
+    """The installed PySpark's version (from its package metadata, else its own module), or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyspark")
+    except metadata.PackageNotFoundError:  # a runtime's own PySpark (Databricks) has no pip metadata
+        try:
+            from pyspark.version import __version__
+
+            return str(__version__)
+        except ImportError:
+            return None
+
+
+def delta_package(spark_version: str | None = None) -> str:
+    """Delta's Maven package for a Spark version (default: the installed PySpark's); the newest line's
+    for versions it does not know; $SPARK_INFER_DELTA_PACKAGE wins."""
+    override = os.environ.get("SPARK_INFER_DELTA_PACKAGE")
+    if override:
+        return override
+    version = spark_version or pyspark_version() or ""
+    line = ".".join(version.split(".")[:2])
+    return DELTA_PACKAGES.get(line, DELTA_PACKAGES[NEWEST_SPARK_LINE])
+
+
+#: the package for the PySpark installed here (decided once, when the module is imported)
+DELTA_PACKAGE = delta_package()
 DELTA_CONFS = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",

@@ -39,6 +39,11 @@ class ModelMismatchError(SparkInferError, RuntimeError):
     """A worker loaded a model other than the one the driver fingerprinted (the task fails)."""
 
 
+class DeviceMismatchError(ModelMismatchError):
+    """A worker cannot score on the device or in the precision the run was planned and fingerprinted for
+    (no GPU in a GPU run, no bfloat16 on the GPU): the task fails instead of writing other rows."""
+
+
 class ModelDoesNotFit(SparkInferError, RuntimeError):
     """The model cannot fit in what is left of the task's GPU (other tasks share it)."""
 

@@ -109,22 +109,42 @@ class InputTable:
         return self.table.read(spark, self.version)
 
     # -- units ------------------------------------------------------------------------------------
-    def files_by_unit(self, columns: Sequence[UnitColumn]) -> dict[UnitKey, UnitFiles] | None:
-        """Per unit: its files (from the log), when every unit column is a partition column."""
-        if self.log is None or not all(c.name in self.partition_columns for c in columns):
+    def files_by_unit(self, columns: Sequence[UnitColumn], spark: SparkSession | None = None
+                      ) -> dict[UnitKey, UnitFiles] | None:
+        """Per unit: its files, when every unit column is a partition column: from the log, else
+        (a client that cannot read the storage) from the files' metadata through `spark`."""
+        if not all(c.name in self.partition_columns for c in columns):
             return None
+        if self.log is None:
+            return self._files_via_spark(spark, columns) if spark is not None else None
         try:
             return self.log.files_by_unit(columns)
         except LookupError:
             return None
 
-    def all_files(self) -> UnitFiles | None:
+    def all_files(self, spark: SparkSession | None = None) -> UnitFiles | None:
         if self.log is None:
-            return None
+            return self._files_via_spark(spark, []).get((), UnitFiles()) if spark is not None else None
         try:
             return self.log.all_files()
         except LookupError:
             return None
+
+    def _files_via_spark(self, spark: SparkSession, columns: Sequence[UnitColumn]) -> dict[UnitKey, UnitFiles]:
+        """Files per unit from the scan's file metadata (`_metadata`: path and size; rows counted from
+        the Parquet footers, no data column is read), for a client whose storage only the server
+        reads. Its files states differ from the log's (`s` lines, full paths): a unit planned one way
+        and then the other is content-hashed once, never mistaken."""
+        keys = [f"__k{i}" for i in range(len(columns))]
+        rows = (self.read(spark)
+                .selectExpr("_metadata.file_path AS __p", "_metadata.file_size AS __s", *canonical_exprs(columns))
+                .groupBy("__p", "__s", *keys).count().collect())
+        out: dict[UnitKey, UnitFiles] = {}
+        for r in rows:
+            u = out.setdefault(key_from_row(columns, r), UnitFiles())
+            u.rows += int(r["count"])
+            u.lines.append(f"s|{r['__p']}|{r['__s']}|{r['count']}")
+        return out
 
 
 def content_states(df: DataFrame, columns: Sequence[UnitColumn], hashed: Sequence[str],

@@ -35,6 +35,9 @@ class RunSummary:
     task: str = ""
     model: str = ""
     model_fingerprint: str = ""
+    #: where the run scores and in which precision ("cuda", "float16"): both are in the fingerprint
+    device_kind: str = ""
+    precision: str = ""
     config_hash: str = ""
     input_version: int | None = None
     output_version_before: int | None = None
@@ -51,6 +54,13 @@ class RunSummary:
     durations_s: dict[str, float] = field(default_factory=dict)
     #: Spark jobs each stage ran (where the session can count them: classic sessions)
     spark_jobs: dict[str, int] = field(default_factory=dict)
+    #: the session's kind (classic, connect, serverless), where scored rows waited (persist, table),
+    #: and the confs the run would have set but the session does not allow
+    session_kind: str = ""
+    staging: str = ""
+    confs_not_set: list[str] = field(default_factory=list)
+    #: each worker that scored: host, pid, device, compute capability, precision and its tasks
+    workers: list[dict[str, Any]] = field(default_factory=list)
     #: "pid|cuda:N" -> the most bytes that Python worker allocated on that GPU (torch's peak)
     gpu_memory_peak: dict[str, int] = field(default_factory=dict)
     error: str | None = None

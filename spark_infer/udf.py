@@ -180,11 +180,13 @@ def predict_udf(
     from spark_infer.sessions import active_session, capabilities
 
     session = active_session()
-    remote = session is not None and capabilities(session).remote
+    caps = capabilities(session) if session is not None else None
+    remote = caps is not None and caps.remote
     acc = None if remote else _counters_accumulator(session)
     udf_id = f"udf-{uuid.uuid4().hex[:16]}"
-    if remote:
-        # counters travel as one log line per task: turn the session's Python worker logs on
+    if remote and caps.conf_settable(WORKER_LOGS_CONF):
+        # counters travel as one log line per task: turn the session's Python worker logs on (where
+        # the session lets a client: serverless does not, and `.metrics()` then has no counters)
         session.conf.set(WORKER_LOGS_CONF, "true")
 
     def _score(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:

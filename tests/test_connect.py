@@ -156,14 +156,54 @@ def test_notebook_runs_unchanged_over_connect(connect_url, tiny_bert, tmp_path):
     assert DeltaTable(out).to_pyarrow_table(columns=["id"]).num_rows == 30
 
 
+#: a Spark Connect server someone started without Delta (plain PySpark: no spark-infer in it)
+_BARE_SERVER = """
+import sys, time
+from pyspark.sql import SparkSession
+SparkSession.builder.master("local[1]").config("spark.plugins", "org.apache.spark.sql.connect.SparkConnectPlugin") \\
+    .config("spark.connect.grpc.binding.address", "127.0.0.1").config("spark.connect.grpc.binding.port", sys.argv[1]) \\
+    .config("spark.ui.enabled", "false").getOrCreate()
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
 def test_a_connect_server_without_delta_names_what_to_install(tmp_path, tiny_bert, units_input):
-    """`--remote local[1]` starts a local Connect server with no Delta on its classpath."""
-    js = str(tmp_path / "s.json")
-    r = run(connect_cmd("local[1]", "--input", units_input, "--output", str(tmp_path / "out"), "--model", tiny_bert,
-                        "--summary-json", js), env_vars={**env(), "SPARK_INFER_READ_DELTA_LOG": "0"})
+    import socket
+
+    from cluster import free_port
+
+    port = free_port()
+    server = start([sys.executable, "-c", _BARE_SERVER, str(port)], str(tmp_path / "server.log"))
+    try:
+        def up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        assert wait_for(up, timeout=120), open(tmp_path / "server.log").read()[-3000:]
+        js = str(tmp_path / "s.json")
+        r = run(connect_cmd(f"sc://127.0.0.1:{port}", "--input", units_input, "--output", str(tmp_path / "out"),
+                            "--model", tiny_bert, "--summary-json", js),
+                env_vars={**env(), "SPARK_INFER_READ_DELTA_LOG": "0"})
+    finally:
+        kill_group(server)
     assert r.returncode == 2, r.stdout[-4000:]
     assert "Spark Connect server" in r.stdout and "io.delta:delta-spark" in r.stdout
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_local_connect_server_started_by_the_job_has_delta(tmp_path, tiny_bert, units_input):
+    """`--remote local[N]` (README's Connect example) starts a Connect server in the job's process, with Delta."""
+    js = str(tmp_path / "s.json")
+    r = run(connect_cmd("local[2]", "--input", units_input, "--output", str(tmp_path / "out"), "--model", tiny_bert,
+                        "--summary-json", js))
+    assert r.returncode == 0, r.stdout[-4000:]
+    s = summary(js)
+    assert s["session_kind"] == "connect" and s["status"] == "succeeded" and len(s["units_committed"]) == 6
+    assert "[Stage" not in r.stdout  # a quiet server: no console progress bars
 
 
 def test_resource_profiles_need_a_classic_session():

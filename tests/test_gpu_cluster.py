@@ -4,9 +4,10 @@ The cluster side is real: the worker discovers GPUs "0" and "1" through a discov
 gives each executor one, and the scoring stage's task-only ResourceProfile asks for `--gpus-per-task`.
 Only CUDA is faked, inside the executors' Python workers: a test-only `sitecustomize.py` on
 `spark.executorEnv.PYTHONPATH` makes `spark_infer.runtime.device.cuda_available()` say True (so the
-task's address becomes `cuda:<addr>`, as on a GPU node) and loads a model asked for on `cuda:N` on the
-CPU instead (the model cache key and the placement records still say `cuda:N`), and reports no GPU memory
-to check or record. The library has no test
+task's address becomes `cuda:<addr>`, as on a GPU node) and `device_capability()` say 8.0 (or
+`$SPARK_INFER_FAKE_CC`, e.g. 7.5 for a T4), loads a model asked for on `cuda:N` on the CPU instead (the
+model cache key and the placement records still say `cuda:N`), and reports no GPU memory to check or
+record. The library has no test
 hooks; the fake lives in this file.
 """
 
@@ -51,6 +52,10 @@ if os.environ.get("SPARK_INFER_FAKE_CUDA") == "1":
         return _real_load(self, "cpu" if device.startswith("cuda") else device)
 
     _spec.ModelSpec.load = _load_on_cpu
+
+    # the capability boundary: an Ampere GPU (8.0), or what SPARK_INFER_FAKE_CC says ("7.5": a T4)
+    _cc = tuple(int(x) for x in os.environ.get("SPARK_INFER_FAKE_CC", "8.0").split("."))
+    _device.device_capability = lambda device: _cc if device.startswith("cuda") else None
 
     # the memory boundaries: a fake GPU has room for any model and allocates nothing
     import spark_infer.runtime as _runtime
@@ -350,6 +355,72 @@ def test_standalone_half_gpu_tasks_share_an_address(gpu_cluster, units_input, ti
     assert shared, "no two tasks ran on the same GPU at the same time"
     assert_loaded_once_per_worker_and_device(s, tasks, loads)
     assert_same_output(str(tmp_path / "out"), local_reference)
+
+
+@pytest.mark.slow
+def test_standalone_without_gpus_per_task_scores_on_the_clusters_gpus_in_float16_on_t4s(
+        gpu_cluster, units_input, tiny_bert, local_reference, fake_cuda_dir, tmp_path):
+    """`gpus_per_task` unset and `dtype: auto` on a cluster whose executors have GPUs of compute capability
+    7.5 (T4s): the run plans for the GPUs from the session's conf (each scoring task asks for one),
+    resolves auto to float16 (no bfloat16 before 8.0) from the executors, and says so in the fingerprint
+    and the run record."""
+    from deltalake import DeltaTable
+
+    from spark_infer.runtime.spec import make_spec
+
+    cfg = tmp_path / "auto.yaml"  # one commit group of every unit, dtype: auto
+    cfg.write_text(f"score_partitions: {SCORE_PARTITIONS}\ngroup_units: {len(CATEGORIES)}\n")
+    js = str(tmp_path / "s.json")
+    t0 = time.monotonic()
+    r = run_driver(score_cmd(gpu_cluster.url, units_input, str(tmp_path / "out"), tiny_bert, str(cfg), js,
+                             *executor_confs(fake_cuda_dir, gpu_cluster.gpu_script,
+                                             **{"spark.executorEnv.SPARK_INFER_FAKE_CC": "7.5"})),
+                   gpu_cluster.marker)
+    assert r.returncode == ExitCode.OK, r.stdout[-6000:]
+    s = summary(js)
+    print(f"job took {time.monotonic() - t0:.1f}s; durations {s['durations_s']}")
+    assert s["status"] == "succeeded" and len(s["units_committed"]) == len(CATEGORIES)
+    tasks, _ = parse_placement(s["placement"])
+    assert len(tasks) == SCORE_PARTITIONS, s["placement"]
+    # a ResourceProfile gave every scoring task one GPU (the cluster's tasks hold none by default)
+    for t in tasks:
+        assert len(t["gpus"]) == 1 and t["device"] == f"cuda:{t['gpus'][0]}", t
+    assert (s["device_kind"], s["precision"]) == ("cuda", "float16")
+    assert "gpu_probe" in s["durations_s"]
+    # every worker that scored reports its GPU, its capability and float16
+    assert s["workers"] and sum(w["tasks"] for w in s["workers"]) == len(tasks)
+    assert all(w["device"].startswith("cuda:") and w["capability"] == "7.5" and w["precision"] == "float16"
+               for w in s["workers"]), s["workers"]
+    spec = make_spec("embed", tiny_bert)
+    assert s["model_fingerprint"] == spec.placed("cuda", "float16").fingerprint
+    assert s["model_fingerprint"] not in {spec.placed("cuda", "bfloat16").fingerprint,
+                                          spec.placed("cpu", "float32").fingerprint}
+    out = DeltaTable(str(tmp_path / "out")).to_pyarrow_table(columns=["model_fingerprint", "embedding", "id"])
+    assert set(out.column("model_fingerprint").to_pylist()) == {s["model_fingerprint"]}
+    want = read_output(local_reference)  # float32 on the CPU; float16 is within its rounding
+    for i, emb in zip(out.column("id").to_pylist(), out.column("embedding").to_pylist(), strict=True):
+        np.testing.assert_allclose(np.array(emb), np.array(want[i][1]), atol=2e-2, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_gpu_runs_worker_without_a_gpu_fails_its_task_with_a_clear_error(
+        gpu_cluster, units_input, tiny_bert, fake_cuda_dir, tmp_path):
+    """Planned for the cluster's GPUs (`gpus_per_task` unset), on workers where CUDA is not available:
+    the scoring tasks fail naming the host and how to score on CPU; nothing is written."""
+    cfg = tmp_path / "one_group.yaml"
+    cfg.write_text(f"score_partitions: 2\ngroup_units: {len(CATEGORIES)}\ntask_options: {{dtype: float32}}\n")
+    out, js = str(tmp_path / "out"), str(tmp_path / "s.json")
+    r = run_driver(score_cmd(gpu_cluster.url, units_input, out, tiny_bert, str(cfg), js,
+                             *executor_confs(fake_cuda_dir, gpu_cluster.gpu_script, **{
+                                 "spark.executorEnv.SPARK_INFER_FAKE_CUDA": "0", "spark.task.maxFailures": "1"})),
+                   gpu_cluster.marker)
+    assert r.returncode != ExitCode.OK, r.stdout[-4000:]
+    s = summary(js)
+    assert (s["device_kind"], s["precision"]) == ("cuda", "float32")
+    assert s["units_committed"] == [] and len(s["units_failed"]) == len(CATEGORIES), s
+    for why in s["units_failed"].values():
+        assert "DeviceMismatchError" in why and "planned for GPUs" in why, why
+        assert "host " in why and "has none" in why and "device: cpu" in why, why
 
 
 @pytest.mark.slow

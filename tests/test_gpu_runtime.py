@@ -1,6 +1,6 @@
 """The GPU side of the worker runtime, tested on the CPU: tokenize-ahead, one GPU per task, fitting a
 model beside others on a shared GPU, per-worker GPU memory in the record. CUDA itself is faked only at
-the device module's boundaries (`gpu_free_bytes`, `gpu_peak_bytes`, `cuda_available`)."""
+the device module's boundaries (`gpu_free_bytes`, `gpu_peak_bytes`, `cuda_available`, `device_capability`)."""
 
 from __future__ import annotations
 
@@ -144,6 +144,7 @@ def test_a_model_that_cannot_fit_beside_others_fails_at_once(tiny_bert, monkeypa
     need = runtime.model_bytes(spec)
     assert 0 < need < 10 << 20  # bfloat16: half of the stored float32 weights
     monkeypatch.setattr(device_mod, "cuda_available", lambda: True)
+    monkeypatch.setattr(device_mod, "device_capability", lambda device: (8, 0))  # an Ampere GPU: bfloat16
     monkeypatch.setattr(runtime, "gpu_free_bytes", lambda device: need // 3)
     MODEL_CACHE.clear()
     with pytest.raises(ModelDoesNotFit, match="gpus_per_task"):
@@ -163,3 +164,158 @@ def test_each_tasks_gpu_peak_memory_reaches_the_counters(tiny_bert, monkeypatch)
     runtime._record_task(counters, runner, time.time_ns())
     keys = [k for k in counters if k.startswith("placement|gpu_mem|")]
     assert len(keys) == 1 and keys[0].endswith("|7") and counters[keys[0]] == 123_456_789
+
+
+# -- GPU clusters never fall back to CPU silently; precision follows the GPU that scores --------------------
+
+
+def test_precision_follows_the_gpu_that_scores():
+    from spark_infer.errors import DeviceMismatchError
+    from spark_infer.runtime.device import resolve_precision
+
+    assert resolve_precision("auto", "cpu", None) == "float32"
+    assert resolve_precision("auto", "cuda:0", (8, 0)) == "bfloat16"  # A100
+    assert resolve_precision("auto", "cuda:1", (9, 0)) == "bfloat16"  # H100
+    assert resolve_precision("auto", "cuda:0", (8, 6)) == "bfloat16"  # A10, L4 (8.9)
+    assert resolve_precision("auto", "cuda:0", (7, 5)) == "float16"  # T4
+    assert resolve_precision("auto", "cuda:0", (7, 0)) == "float16"  # V100
+    for forced in ("float32", "float16"):
+        assert resolve_precision(forced, "cuda:0", (7, 5)) == forced
+        assert resolve_precision(forced, "cpu", None) == forced
+    assert resolve_precision("bfloat16", "cuda:0", (8, 0)) == "bfloat16"
+    with pytest.raises(DeviceMismatchError, match=r"compute capability 7\.5.*8\.0.*float16"):
+        resolve_precision("bfloat16", "cuda:0", (7, 5))
+
+
+def test_a_gpu_runs_worker_without_a_gpu_fails_naming_itself(tiny_bert, monkeypatch):
+    import socket
+
+    from spark_infer.errors import DeviceMismatchError
+
+    spec = make_spec("embed", tiny_bert).placed("cuda", "float16")
+    monkeypatch.setattr(device_mod, "cuda_available", lambda: False)
+    MODEL_CACHE.clear()
+    for res, why in [(TaskResources(gpu_addresses=("0",), task_attempt_id=5), "assigned it GPU"),
+                     (TaskResources(task_attempt_id=6), "assigned it no GPU")]:
+        with pytest.raises(DeviceMismatchError) as err:
+            open_runner(spec, RuntimeOptions(), res)
+        msg = str(err.value)
+        assert "planned for GPUs" in msg and why in msg and "device: cpu" in msg, msg
+        assert f"host {socket.gethostname()}" in msg and f"task attempt {res.task_attempt_id}" in msg, msg
+    # a CPU run's task that Spark gave a GPU: the plan missed the cluster's GPUs, no silent CPU either
+    monkeypatch.setattr(device_mod, "cuda_available", lambda: True)
+    with pytest.raises(DeviceMismatchError, match="planned for the CPU.*device: cuda"):
+        open_runner(make_spec("embed", tiny_bert).placed("cpu", "float32"), RuntimeOptions(),
+                    TaskResources(gpu_addresses=("0",)))
+    # an explicit device: cpu scores on the CPU whatever the task holds
+    runner = open_runner(make_spec("embed", tiny_bert).placed("cpu", "float32"), RuntimeOptions(device="cpu"),
+                         TaskResources(gpu_addresses=("0",)))
+    assert runner.device == "cpu"
+    MODEL_CACHE.clear()
+
+
+def test_a_gpu_worker_scores_in_the_fingerprinted_precision_and_records_it(tiny_bert, monkeypatch):
+    from spark_infer import runtime
+    from spark_infer.errors import DeviceMismatchError
+    from spark_infer.runtime import worker_records
+    from spark_infer.runtime.spec import ModelSpec
+
+    loaded: list[tuple[str, str]] = []
+    real_load = ModelSpec.load
+    monkeypatch.setattr(device_mod, "cuda_available", lambda: True)
+    monkeypatch.setattr(device_mod, "device_capability", lambda device: (7, 5))  # a T4
+    monkeypatch.setattr(runtime, "gpu_free_bytes", lambda device: None)
+    # a CPU-only torch cannot move to cuda:0: load on the CPU, remember what was asked for
+    monkeypatch.setattr(ModelSpec, "load", lambda self, device: loaded.append((device, self.dtype))
+                        or real_load(self, "cpu"))
+    MODEL_CACHE.clear()
+    base = make_spec("embed", tiny_bert)
+    counters = Counter()
+    open_runner(base.placed("cuda", "float16"), RuntimeOptions(), TaskResources(gpu_addresses=("0",)), counters)
+    assert loaded == [("cuda:0", "float16")]
+    [w] = worker_records(counters)
+    assert (w["device"], w["capability"], w["precision"], w["tasks"]) == ("cuda:0", "7.5", "float16", 1)
+    # a UDF's spec (no device fixed) resolves auto on the worker, from its GPU: float16 on a T4
+    open_runner(base, RuntimeOptions(), TaskResources(gpu_addresses=("1",)), counters)
+    assert loaded[-1] == ("cuda:1", "float16")
+    # bfloat16 resolved from other GPUs of the cluster: this T4 fails the task instead of scoring otherwise
+    with pytest.raises(DeviceMismatchError, match="mixes GPU generations"):
+        open_runner(base.placed("cuda", "bfloat16"), RuntimeOptions(), TaskResources(gpu_addresses=("0",)))
+    MODEL_CACHE.clear()
+
+
+def test_the_driver_refuses_a_group_whose_workers_scored_otherwise(tiny_bert):
+    from spark_infer.errors import DeviceMismatchError
+    from spark_infer.job.checks import check_workers
+
+    spec = make_spec("embed", tiny_bert).placed("cuda", "bfloat16")
+    ok = {"rows": 3, "placement|worker|h1|11|cuda:0|8.0|bfloat16": 2, "placement|worker|h2|12|cuda:1|8.0|bfloat16": 1}
+    check_workers(ok, spec)
+    with pytest.raises(DeviceMismatchError, match="h3.*cuda:0 in float16.*not committed"):
+        check_workers({**ok, "placement|worker|h3|13|cuda:0|7.5|float16": 1}, spec)
+    with pytest.raises(DeviceMismatchError, match="cpu in float32"):
+        check_workers({"placement|worker|h1|11|cpu||float32": 1}, spec)
+
+
+def test_a_gpu_cluster_plans_cuda_unless_device_cpu():
+    from spark_infer.resources import ClusterGpus, plan_devices
+
+    def plan(device="auto", gpus=None, cpus=None, master="spark://m:7077", remote=False, cluster=None,
+             driver_cuda=False):
+        p = plan_devices(device, gpus, cpus, master, remote, cluster or ClusterGpus(), lambda: driver_cuda)
+        return p.kind, p.gpus_per_task
+
+    executors = ClusterGpus.from_conf({"spark.executor.resource.gpu.amount": "1"})
+    # executors with GPUs, tasks without by default: each scoring task asks for one
+    assert plan(cluster=executors) == ("cuda", 1.0)
+    assert plan("cuda", cluster=executors) == ("cuda", 1.0)
+    assert plan(gpus=0.5, cluster=executors) == ("cuda", 0.5)
+    assert plan("cpu", cluster=executors) == ("cpu", None)  # the only way to score on CPUs there
+    # every task holds a GPU already (the cluster's default): no profile unless it asks for CPUs too
+    shared = ClusterGpus.from_conf({"spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "0.5"})
+    assert plan(cluster=shared) == ("cuda", None)
+    assert plan(cpus=2, cluster=shared) == ("cuda", 0.5)
+    # a Databricks GPU runtime, over Spark Connect (no profile can be attached)
+    dbr = ClusterGpus.from_conf({"spark.databricks.clusterUsageTags.sparkVersion": "15.4.x-gpu-ml-scala2.12"})
+    assert dbr.gpu_runtime and plan(master="", remote=True, cluster=dbr) == ("cuda", None)
+    assert plan(master="", remote=True, cluster=shared) == ("cuda", None)
+    with pytest.raises(ConfigError, match=r"spark\.task\.resource\.gpu\.amount.*device: cpu"):
+        plan(master="", remote=True, cluster=executors)
+    # no GPU the session shows: the CPU; a local master: the driver's machine decides
+    assert plan() == ("cpu", None) and plan("cuda") == ("cuda", None)
+    assert plan(master="local[4]") == ("cpu", None) and plan(master="local[4]", driver_cuda=True) == ("cuda", None)
+    assert plan(master="local-cluster[2,1,1024]", cluster=executors) == ("cuda", 1.0)
+    assert ClusterGpus.from_conf({"spark.executor.resource.gpu.amount": "x"}) == ClusterGpus()
+
+
+def test_a_sessions_gpu_conf_is_read_where_the_session_shows_it():
+    from spark_infer.sessions.classic import ClassicSession
+
+    class Conf:
+        def __init__(self, values, hidden=()):
+            self.values, self.hidden = values, hidden
+
+        def get(self, key, default=None):
+            if key in self.hidden:  # a platform refusing to show a conf (Spark Connect may)
+                raise RuntimeError(f"[CONFIG_NOT_AVAILABLE] {key}")
+            return self.values.get(key, default)
+
+    class Session:
+        def __init__(self, conf):
+            self.conf = conf
+
+    amounts = {"spark.executor.resource.gpu.amount": "2", "spark.task.resource.gpu.amount": "1"}
+    assert ClassicSession(Session(Conf(amounts))).gpu_conf() == amounts
+    assert ClassicSession(Session(Conf(amounts, hidden=("spark.executor.resource.gpu.amount",)))).gpu_conf() == {
+        "spark.task.resource.gpu.amount": "1"}
+    assert ClassicSession(Session(Conf({}))).gpu_conf() == {}
+
+
+def test_a_cluster_mixing_gpu_generations_needs_an_explicit_dtype():
+    from spark_infer.resources import one_precision
+
+    a100 = {"host": "a", "device": "cuda:0", "capability": "8.0", "precision": "bfloat16"}
+    t4 = {"host": "b", "device": "cuda:0", "capability": "7.5", "precision": "float16"}
+    assert one_precision([a100, dict(a100, host="c")]) == "bfloat16"
+    with pytest.raises(ConfigError, match=r"a cuda:0 \(compute capability 8\.0\): bfloat16.*mixes GPU generations"):
+        one_precision([a100, t4])

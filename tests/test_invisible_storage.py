@@ -67,6 +67,9 @@ def test_incremental_job_from_a_client_that_cannot_see_the_storage(spark, connec
     s1 = score("first")
     assert s1["status"] == "succeeded" and len(s1["units_committed"]) == 3 and s1["rows_scored"] == len(rows)
     assert spark.read.format("delta").load(out).count() == len(rows)
+    # each unit's files state was read through the session (file metadata, no rows): what lets the
+    # next plan skip reading the rows of an unchanged unit
+    assert spark.read.format("delta").load(out).where("input_files IS NULL").count() == 0
 
     # a rerun finds the table the client cannot see: nothing to do, nothing committed
     version = delta_versions(out)[-1]
@@ -95,3 +98,22 @@ def test_a_foreign_table_the_client_cannot_see_is_refused_untouched(spark, conne
     assert "existing table does not match this job" in r.stdout
     assert delta_versions(foreign) == before
     assert [tuple(x) for x in spark.read.format("delta").load(foreign).collect()] == [(1, "x")]
+
+
+def test_files_read_through_the_session_match_the_log(spark, lake):
+    """The same units, rows and file counts from the scan's file metadata as from the Delta log."""
+    from spark_infer.inputs import InputTable
+    from spark_infer.units import UnitColumn
+
+    _, inp, _, _ = lake
+    spark.sql(f"DELETE FROM delta.`{inp}` WHERE id = 3")  # rows the log and the scan must both leave out
+    cols = [UnitColumn("category", "string")]
+    by_log = InputTable(inp)
+    assert by_log.read_log()
+    by_session = InputTable(inp)
+    by_session.read_spark(spark)
+    by_session.log = None  # as for a client that cannot read the log
+    want, got = by_log.files_by_unit(cols), by_session.files_by_unit(cols, spark)
+    assert {k: (u.rows, len(u.lines)) for k, u in got.items()} == {k: (u.rows, len(u.lines)) for k, u in want.items()}
+    assert got[("books",)].rows == 9
+    assert by_session.all_files(spark).rows == sum(u.rows for u in want.values())

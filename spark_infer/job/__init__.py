@@ -33,16 +33,18 @@ from pyspark.sql import SparkSession
 from spark_infer.config import JobConfig
 from spark_infer.errors import NeedsSparkSession
 from spark_infer.inputs import InputUnit
-from spark_infer.job.checks import check_units
+from spark_infer.job.checks import check_units, check_workers
 from spark_infer.job.commit import GroupCommitter
+from spark_infer.job.devices import place
 from spark_infer.job.groups import GroupScorer
 from spark_infer.job.planner import Planned, Planner
 from spark_infer.job.scheduler import GroupResult, GroupScheduler
 from spark_infer.job.session import JobSession
+from spark_infer.job.staging import staging_for
 from spark_infer.log import event
 from spark_infer.plan import Plan, make_groups
 from spark_infer.report import RunSummary
-from spark_infer.resources import scoring_profile
+from spark_infer.resources import DevicePlan, scoring_profile
 from spark_infer.runtime.spec import ModelSpec, make_spec
 from spark_infer.sinks import OutputTable
 
@@ -69,6 +71,7 @@ class ScoringJob:
         #: every Spark job of this run carries this tag (what a stop cancels)
         self.session = JobSession(cfg, f"spark-infer-{self.run_id}", self.summary, spark, sink)
         self.spec: ModelSpec | None = None
+        self.devices: DevicePlan | None = None
         self.planned: Planned | None = None
 
     @property
@@ -107,34 +110,19 @@ class ScoringJob:
                     sys.path.insert(0, entry)
 
             def spec() -> ModelSpec:
-                return make_spec(cfg.task, cfg.model.ref, revision=cfg.model.revision,
-                                 device_kind=self._device_kind(), **cfg.task_option_values())
+                return make_spec(cfg.task, cfg.model.ref, revision=cfg.model.revision, **cfg.task_option_values())
 
             try:
-                self.spec = spec()
+                spec_any = spec()
             except NeedsSparkSession:  # a DDL type in the task options: Spark's own parser needs the session
                 self.session.open()
-                self.spec = spec()
+                spec_any = spec()
+            self.summary.durations_s["fingerprint"] = round(time.monotonic() - t0, 3)
+            # where the workers score and in which precision: part of the fingerprint (outputs differ by both)
+            self.spec, self.devices = place(cfg, spec_any, self.session, self.summary)
             self.summary.model = self.spec.reference
             self.summary.model_fingerprint = self.spec.fingerprint
-            self.summary.durations_s["fingerprint"] = round(time.monotonic() - t0, 3)
         return self.spec
-
-    def _device_kind(self) -> str:
-        """Where the workers will score: part of the fingerprint (outputs differ by device and precision)."""
-        device, res = self.cfg.runtime.device, self.cfg.resources
-        if device in ("cpu", "cuda"):
-            return device
-        if res.gpus_per_task:
-            return "cuda"
-        master = res.master or ""
-        if res.remote or os.environ.get("SPARK_REMOTE"):
-            return "cpu"  # a Connect server's workers: GPUs need gpus_per_task (classic clusters)
-        if master.startswith("local") or not master:
-            from spark_infer.runtime.device import cuda_available
-
-            return "cuda" if cuda_available() else "cpu"
-        return "cpu"
 
     def make_plan(self) -> Plan:
         if self.planned is None:
@@ -146,7 +134,10 @@ class ScoringJob:
         cfg, session, planned = self.cfg, self.session, self.planned
         p, shape, sink = planned.plan, planned.shape, session.sink
         res = cfg.resources
-        profile = scoring_profile(session.caps, res.gpus_per_task, res.cpus_per_task)  # fails before any write
+        # the GPUs a scoring task asks for: gpus_per_task, else what the cluster's GPUs need (resources.plan_devices)
+        profile = scoring_profile(session.caps, self.devices.gpus_per_task, res.cpus_per_task)  # fails before any write
+        staging = staging_for(cfg, session.caps, session.spark, self.run_id)  # this too
+        self.summary.staging = staging.kind
         with session.stage("score_commit"):
             sink.ensure(shape.schema, shape.unit_cols, shape.layout)
             base_version = sink.version()
@@ -155,7 +146,7 @@ class ScoringJob:
         session.set_conf("spark.sql.files.maxRecordsPerFile", str(cfg.output.rows_per_file))
         metrics = session.caps.counters_accumulator()
         scorer = GroupScorer(cfg, self.spec, shape, planned.input_df,
-                             res.tasks_per_group or session.caps.default_parallelism(), profile, metrics)
+                             res.tasks_per_group or session.caps.default_parallelism(), profile, metrics, staging)
         committer = GroupCommitter(cfg, self.spec, shape, sink, session.spark, self.run_id, p.input_version,
                                    base_version)
         groups = [[u for u, _ in g] for g in make_groups(p.pending, cfg.commit.group_rows, cfg.commit.group_units)]
@@ -169,11 +160,12 @@ class ScoringJob:
             event("units_deleted", units=len(keys), reason="not_in_input", first=p.label(keys[0]), output=sink.ref)
 
         def score_group(units: Sequence[InputUnit]) -> GroupResult:
-            staged = scorer.stage(units)
+            staged = scorer.stage(units, p.label(units[0].key))
             try:
                 ok, failed = check_units(staged.unit_stats(), {u.key: u for u in units}, shape.unit_cols,
                                          cfg.commit.max_error_rate)
                 counters = staged.counters()
+                check_workers(counters, self.spec)  # scored where and how the fingerprint says, or no commit
                 if ok:
                     committer.commit(staged, ok)
                 done = {c.unit.key for c in ok}

@@ -1,10 +1,11 @@
 """Scoring one commit group into staged rows: the worker runtime over the group's units, its rows kept
-on the executors' disks (not recomputed: a model runs once per row) until they are checked and
-committed, with per-unit statistics and the workers' counters read back in two small Spark jobs."""
+(`spark_infer.job.staging`: on the executors' disks, or in a staging table; never recomputed: a model
+runs once per row) until they are checked and committed, with per-unit statistics and the workers'
+counters read back in two small Spark jobs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
     from spark_infer.config import JobConfig
     from spark_infer.job.shape import JobShape
+    from spark_infer.job.staging import Staging
     from spark_infer.runtime.spec import ModelSpec
 
 #: the row hash travels with each scored row (it becomes the unit's content state)
@@ -40,10 +42,11 @@ class UnitStats:
 
 
 class StagedGroup:
-    """One group's scored rows, persisted until `release` (after the commit, or on failure)."""
+    """One group's scored rows, kept until `release` (after the commit, or on failure)."""
 
-    def __init__(self, scored: DataFrame, shape: JobShape) -> None:
+    def __init__(self, scored: DataFrame, shape: JobShape, release: Callable[[], None]) -> None:
         self._scored = scored
+        self._release = release
         self.shape = shape
         self.key_cols = [f"__k{i}" for i in range(len(shape.unit_cols))]
         #: the scored rows (no metric rows) with each unit column's canonical value beside them
@@ -63,23 +66,18 @@ class StagedGroup:
                              .select(METRICS_COL).collect()])
 
     def release(self) -> None:
-        try:
-            self._scored.unpersist()
-        except Exception:  # noqa: BLE001 - a stop may interrupt it; the cache goes with the session
-            pass
+        self._release()
 
 
 class GroupScorer:
     """Scores the units of one group with the job's model, `tasks_per_group` Spark tasks wide."""
 
     def __init__(self, cfg: JobConfig, spec: ModelSpec, shape: JobShape, input_df: DataFrame, parallelism: int,
-                 profile: Any, metrics: Any) -> None:
+                 profile: Any, metrics: Any, staging: Staging) -> None:
         self.cfg, self.spec, self.shape, self.input_df = cfg, spec, shape, input_df
-        self.parallelism, self.profile, self.metrics = parallelism, profile, metrics
+        self.parallelism, self.profile, self.metrics, self.staging = parallelism, profile, metrics, staging
 
-    def stage(self, units: Sequence[InputUnit]) -> StagedGroup:
-        from pyspark import StorageLevel
-
+    def stage(self, units: Sequence[InputUnit], name: str = "group") -> StagedGroup:
         shape = self.shape
         rows = sum(u.rows for u in units)
         src = self.input_df.where(group_predicate(shape.unit_cols, [u.key for u in units]))
@@ -90,5 +88,6 @@ class GroupScorer:
             src, shape.input_expr, spec=self.spec, runtime=self.cfg.runtime, profile=self.profile,
             keys=[*shape.keys, HASH_COL], output_col=self.cfg.prediction_col, metrics=self.metrics,
             metric_rows=True,
-        ).persist(StorageLevel.DISK_ONLY)
-        return StagedGroup(scored, shape)
+        )
+        kept, release = self.staging.keep(scored, name)
+        return StagedGroup(kept, shape, release)

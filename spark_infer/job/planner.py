@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from spark_infer.inputs import InputTable, InputUnit, content_states
+from spark_infer.job.fit import check_fits_udf_memory
 from spark_infer.job.shape import JobShape, shape_of
 from spark_infer.plan import Plan, bucket_expr, decide
 
@@ -52,6 +53,10 @@ class Planner:
             inp.read_spark(session.spark)
         shape = shape_of(cfg, self.spec, inp.schema, inp.partition_columns)  # config errors need no Spark
         spark = session.open()
+        limit = cfg.resources.udf_memory_limit or session.caps.udf_memory_limit
+        if limit:
+            where = "udf_memory_limit" if cfg.resources.udf_memory_limit else f"a {session.caps.kind} session"
+            check_fits_udf_memory(self.spec, limit, where)
         with session.stage("plan"):
             inp.read_spark(spark)
             if any(c.kind == "timestamp" for c in shape.unit_cols):
@@ -81,7 +86,8 @@ class Planner:
     def _input_units(self, shape: JobShape, df: DataFrame, committed: dict[UnitKey, Committed]) -> list[InputUnit]:
         """The input's units with their states, reading rows only where the log cannot tell."""
         cols = shape.unit_cols
-        by_unit = self.input.files_by_unit(cols) if not shape.bucketed else None
+        spark = self.session.spark
+        by_unit = self.input.files_by_unit(cols, spark) if not shape.bucketed else None
         if by_unit is not None:
             known: dict[UnitKey, InputUnit] = {}
             need = []
@@ -96,7 +102,7 @@ class Planner:
             for key, (rows, state) in content_states(df, cols, shape.hashed, need).items():
                 known[key] = InputUnit(key, rows, state, by_unit[key].state if key in by_unit else None)
             return list(known.values())
-        everything = self.input.all_files()
+        everything = self.input.all_files(spark)
         files = everything.state if everything is not None else None
         if (files is not None and committed and all(c.files == files for c in committed.values())
                 and sum(c.rows for c in committed.values()) == everything.rows):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from spark_infer.errors import ConcurrentRunError, describe
 from spark_infer.log import event
 from spark_infer.report import Progress
-from spark_infer.runtime import PLACEMENT_PREFIX
+from spark_infer.runtime import PLACEMENT_PREFIX, WORKER_RECORD, worker_records
 
 if TYPE_CHECKING:
     from spark_infer.inputs import InputUnit
@@ -115,11 +115,13 @@ class GroupScheduler:
 
 
 def add_counters(summary: RunSummary, counters: dict[str, int]) -> None:
-    """Worker counters into the summary: row/token/error counts, where each task ran, and the peak
-    GPU memory of each (worker process, device)."""
+    """Worker counters into the summary: row/token/error counts, where each task ran, each worker's
+    device and precision, and the peak GPU memory of each (worker process, device)."""
     summary.counters = {k: v for k, v in counters.items() if not k.startswith(PLACEMENT_PREFIX)}
+    own = (f"{PLACEMENT_PREFIX}gpu_mem|", f"{PLACEMENT_PREFIX}{WORKER_RECORD}|")
     summary.placement = sorted(k[len(PLACEMENT_PREFIX):] for k in counters
-                               if k.startswith(PLACEMENT_PREFIX) and "|gpu_mem|" not in k)
+                               if k.startswith(PLACEMENT_PREFIX) and not k.startswith(own))
+    summary.workers = worker_records(counters)
     for k, v in counters.items():
         if k.startswith(f"{PLACEMENT_PREFIX}gpu_mem|"):
             _, _, pid, device, _ = k.split("|")

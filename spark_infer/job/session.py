@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from spark_infer.errors import DeltaMissing
+from spark_infer.log import event
 from spark_infer.sessions import SessionCapabilities, build_session, capabilities
 from spark_infer.sinks import OutputTable, open_sink
 
@@ -36,17 +37,21 @@ class JobSession:
         self.caps: SessionCapabilities | None = None
         self.sink = sink
         self._restore: dict[str, str | None] = {}
+        #: confs this run would set but the session does not allow (the summary's list)
+        self.skipped_confs: list[str] = summary.confs_not_set
 
     def open(self) -> SparkSession:
         """The session (built if none was given) with Delta checked; DeltaMissing if it lacks Delta."""
         cfg, res = self.cfg, self.cfg.resources
         if self.spark is None:
             t0 = time.monotonic()
-            conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(res.arrow_batch_size), **res.spark_conf}
+            # the Arrow batch size is set below, where the session allows it (serverless does not)
+            conf = dict(res.spark_conf)
             self.spark = build_session(cfg.job_name, res.master, conf, res.delta_jars, res.remote)
             self.summary.durations_s["session_start"] = round(time.monotonic() - t0, 3)
         if self.caps is None:
-            self.caps = capabilities(self.spark)
+            self.caps = capabilities(self.spark, res.session_kind)
+            self.summary.session_kind = self.caps.kind
             if not self.caps.delta_available():
                 raise DeltaMissing("Delta Lake classes are not on this Spark session's classpath")
             # runtime conf also applies to a session we did not create (notebook, spark-submit)
@@ -62,11 +67,18 @@ class JobSession:
             )
         return self.spark
 
-    def set_conf(self, key: str, value: str) -> None:
-        """Set a runtime conf for this run; the previous value comes back at `restore_conf`."""
+    def set_conf(self, key: str, value: str) -> bool:
+        """Set a runtime conf for this run (its previous value comes back at `restore_conf`); False
+        where the session does not let a client set it (serverless allows a few): the run goes without."""
+        if not self.caps.conf_settable(key):
+            if key not in self.skipped_confs:
+                self.skipped_confs.append(key)
+                event("conf_not_set", conf=key, session_kind=self.caps.kind, reason="not_allowed_by_session")
+            return False
         if key not in self._restore:
             self._restore[key] = self.spark.conf.get(key, None)
         self.spark.conf.set(key, value)
+        return True
 
     def restore_conf(self) -> None:
         for key, value in self._restore.items():

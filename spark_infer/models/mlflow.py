@@ -9,8 +9,16 @@ A tracking URI must be set, except on Databricks (and with a Databricks registry
 MLflow is a ConfigError naming what to set, and nothing is written. An alias becomes the
 version it points to now, and that version (`models:/minilm/3`) is what the fingerprint and the
 lineage column record, so moving an alias is a model change the plan shows. The snapshot is the
-version's storage location plus its file listing (names and sizes); workers download exactly that
-location once per node with MLflow's artifact client (no registry call) and load from local disk.
+version (`models:/<name>/<version>`) plus its file listing (names and sizes); workers download exactly
+that version once per node and load from local disk.
+
+Files are only ever read through MLflow's artifact API for the model's URI (`ModelsArtifactRepository`
+for `models:/`, `RunsArtifactRepository` for `runs:/`), on the driver and on the workers, never from the
+version's raw storage location: with Unity Catalog (`databricks-uc`) that location is cloud storage no
+client can read with credentials of its own, and the artifact API is what asks the registry for
+short-lived, read-only access to exactly that version (credential vending) or the Files API. Workers
+therefore need the registry's credentials (`DATABRICKS_HOST` / `DATABRICKS_TOKEN`, or the Databricks
+runtime's own), not the storage's; the registry URI travels with the snapshot.
 
 Inside the logged model, the loadable folder is found from its `MLmodel` file: the transformers
 flavor (`model/` with the tokenizer in `components/tokenizer/`, joined into one folder on the
@@ -26,6 +34,7 @@ import os
 import posixpath
 import re
 import shutil
+import threading
 from typing import Any
 
 from spark_infer.errors import ConfigError
@@ -72,26 +81,60 @@ def _tracking_uri(mlflow: Any, reference: str) -> str:
         "MLFLOW_REGISTRY_URI when the registry is elsewhere (databricks-uc for Unity Catalog)")
 
 
-def _listing(mlflow: Any, uri: str, tracking_uri: str, prefix: str = "") -> list[tuple[str, int]]:
-    """(path relative to `uri`, size) of every artifact under `uri` (MLflow lists one level at a time)."""
+_URIS_LOCK = threading.Lock()
+
+
+def _repository(uri: str, tracking_uri: str | None, registry_uri: str | None) -> Any:
+    """MLflow's artifact repository for a `models:/` or `runs:/` URI: for Unity Catalog the one that
+    reads through the registry's vended credentials (or the Files API), never the raw location.
+
+    MLflow resolves a non-Unity-Catalog `models:/` URI with the process's registry URI, whatever is
+    passed in: for the moment the repository is made, the snapshot's URIs are the process's (through
+    MLflow's own variables, restored after), so a worker that has none set finds the same registry."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    pinned = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": registry_uri}
+    with _URIS_LOCK:
+        saved = {k: os.environ.get(k) for k in pinned}
+        try:
+            os.environ.update({k: v for k, v in pinned.items() if v})
+            return get_artifact_repository(uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _listing(repo: Any, prefix: str = "") -> list[tuple[str, int]]:
+    """(path relative to the repository's root, size) of every artifact (MLflow lists one level at a time)."""
     out: list[tuple[str, int]] = []
-    for f in mlflow.artifacts.list_artifacts(artifact_uri=posixpath.join(uri, prefix) if prefix else uri,
-                                             tracking_uri=tracking_uri):
+    for f in repo.list_artifacts(prefix or None):
         rel = posixpath.join(prefix, posixpath.basename(f.path.rstrip("/")))
         if f.is_dir:
-            out += _listing(mlflow, uri, tracking_uri, rel)
+            out += _listing(repo, rel)
         else:
             out.append((rel, int(f.file_size or 0)))
     return out
 
 
-def _layout(mlflow: Any, uri: str, files: list[tuple[str, int]]) -> dict[str, str]:
+def _read_bytes(repo: Any, rel: str) -> bytes:
+    """One artifact's bytes, downloaded through the repository."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="spark-infer-mlflow-") as tmp:
+        with open(repo.download_artifacts(rel, dst_path=tmp), "rb") as f:
+            return f.read()
+
+
+def _layout(repo: Any, files: list[tuple[str, int]]) -> dict[str, str]:
     """Where the loadable model is inside the logged artifacts: {"model": dir, "tokenizer": dir?}."""
     names = {rel for rel, _ in files}
     if "MLmodel" in names:
         import yaml
 
-        text = mlflow.artifacts.load_text(posixpath.join(uri, "MLmodel"))
+        text = _read_bytes(repo, "MLmodel").decode("utf-8")
         flavors = (yaml.safe_load(text) or {}).get("flavors") or {}
         tf = flavors.get("transformers")
         if tf and tf.get("model_binary"):
@@ -131,6 +174,7 @@ class MlflowSource(ModelSource):
 
         tracking_uri = _tracking_uri(mlflow, reference)
         client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        registry_uri = getattr(client, "_registry_uri", None) or mlflow.get_registry_uri()
         try:
             if m:
                 name, version, alias = m["name"], m["version"], m["alias"]
@@ -147,37 +191,42 @@ class MlflowSource(ModelSource):
                         raise ConfigError(f"model={reference!r}: registered model {name!r} has no versions")
                     version = str(max(int(v.version) for v in versions))
                 mv = client.get_model_version(name, version)
-                uri = client.get_model_version_download_uri(name, str(mv.version))
                 resolved = f"models:/{name}/{mv.version}"
                 pinned = f"{name}/{mv.version}"
+                # part of the identity only (a registry call, no storage read): the files are read
+                # through `resolved` with the artifact API
+                where = client.get_model_version_download_uri(name, str(mv.version))
             else:
                 if revision is not None:
                     raise ConfigError(f"model_revision={revision!r}: a runs:/ reference is already one run's files")
                 run = client.get_run(r["run"])
                 from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
-                uri = RunsArtifactRepository.get_underlying_uri(reference)
+                where = RunsArtifactRepository.get_underlying_uri(reference)
                 resolved, pinned = reference, run.info.run_id
-            files = _listing(mlflow, uri, tracking_uri)
+            repo = _repository(resolved, tracking_uri, registry_uri)
+            files = _listing(repo)
             if not files:
-                raise ConfigError(f"model={reference!r}: no artifacts at {resolved} ({uri})")
-            layout = _layout(mlflow, uri, files)
+                raise ConfigError(f"model={reference!r}: no artifacts at {resolved}")
+            layout = _layout(repo, files)
+            config_bytes = None
+            if layout:
+                manifest = tuple((rel, size) for rel, size in _assembled(files, layout) if is_model_file(rel))
+                config = next((rel for rel, _ in manifest if rel in MODEL_MARKERS), None)
+                if config:
+                    config_bytes = _read_bytes(repo, posixpath.join(layout["model"], config))
         except MlflowException as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"model={reference!r}: the MLflow registry could not resolve it: {msg} "
-                              f"(tracking URI {tracking_uri!r})") from None
+                              f"(tracking URI {tracking_uri!r}, registry URI {registry_uri!r})") from None
         if not layout:
             raise ConfigError(f"model={reference!r}: the artifacts of {resolved} hold no loadable model "
                               "(no MLmodel transformers/sentence_transformers flavor, no config.json or "
                               "predictor.json)")
-        manifest = tuple((rel, size) for rel, size in _assembled(files, layout) if is_model_file(rel))
-        config = next((rel for rel, _ in manifest if rel in MODEL_MARKERS), None)
-        config_sha = ""
-        if config:
-            data = mlflow.artifacts.load_text(posixpath.join(uri, layout["model"], config))
-            config_sha = hashlib.sha256(data.encode()).hexdigest()
-        identity = hashlib.sha256(json.dumps([resolved, uri, sorted(files)]).encode()).hexdigest()
-        locator = json.dumps({"uri": uri, "layout": layout, "tracking_uri": tracking_uri})
+        config_sha = hashlib.sha256(config_bytes).hexdigest() if config_bytes is not None else ""
+        identity = hashlib.sha256(json.dumps([resolved, where, sorted(files)]).encode()).hexdigest()
+        locator = json.dumps({"uri": resolved, "layout": layout, "tracking_uri": tracking_uri,
+                              "registry_uri": registry_uri})
         return ModelSnapshot(source=cls.name, reference=resolved, locator=locator, identity=identity,
                              revision=pinned, manifest=manifest, config_sha256=config_sha)
 
@@ -186,14 +235,19 @@ class MlflowSource(ModelSource):
         loc = json.loads(snapshot.locator)
 
         def download(into: str) -> None:
-            mlflow = _mlflow()
+            _mlflow()
             raw = os.path.join(into, ".artifacts")
+            os.makedirs(raw)
             layout = loc["layout"]
-            # the version's storage location itself: no registry call from the workers
-            mlflow.artifacts.download_artifacts(artifact_uri=loc["uri"], dst_path=raw,
-                                                tracking_uri=loc.get("tracking_uri"))
+            # through the artifact API for the version's URI (credential vending on Unity Catalog)
+            repo = _repository(loc["uri"], loc.get("tracking_uri"), loc.get("registry_uri"))
+            repo.download_artifacts("", dst_path=raw)
             # one folder as every task loads it: the model's files, plus the tokenizer's beside them
+            # (only the manifest's: MLflow may add files of its own, e.g. registered_model_meta)
+            wanted = {rel for rel, _ in snapshot.manifest}
             for rel, src in _assembled_sources(_artifacts_root(raw, layout), layout):
+                if rel.replace(os.sep, "/") not in wanted:
+                    continue
                 target = os.path.join(into, rel)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.replace(src, target)

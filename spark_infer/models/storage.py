@@ -10,6 +10,12 @@ nothing is hashed. Each executor downloads the folder once per node into the loc
 Credentials come from the environment the way fsspec's filesystem packages read them (AWS_* and
 instance profiles for S3, GOOGLE_APPLICATION_CREDENTIALS for GCS, AZURE_* for ADLS), never from the
 job's config: set them on the driver and on the executors (`spark.executorEnv.*`, instance roles).
+
+A Unity Catalog volume is read where it is mounted (`/Volumes/...` on a Databricks driver). A process
+that does not see the mount (an executor of a standard-access cluster, a Databricks Connect client)
+reads the same folder through the workspace's Files API (`/api/2.0/fs/files/Volumes/...`, the
+Databricks SDK's default credentials: DATABRICKS_HOST / DATABRICKS_TOKEN, or the runtime's own), so
+Unity Catalog authorises the read; there is no storage location to be given access to.
 """
 
 from __future__ import annotations
@@ -33,9 +39,49 @@ _PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "abfs":
              "az": "adlfs"}
 
 
+class VolumeFiles:
+    """A Unity Catalog volume folder through the workspace's Files API: the three calls of fsspec's
+    interface this module uses (`find`, `cat_file`, `get_file`)."""
+
+    def __init__(self) -> None:
+        try:
+            from databricks.sdk import WorkspaceClient
+        except ImportError:
+            raise ConfigError("a /Volumes/... path that is not mounted here is read through the Databricks "
+                              "Files API: pip install databricks-sdk (it comes with spark-infer[mlflow])") from None
+        try:
+            self.files = WorkspaceClient().files
+        except Exception as exc:  # noqa: BLE001 - no host or credentials configured
+            raise ConfigError(f"/Volumes/... is not mounted here and the Databricks Files API cannot be used: "
+                              f"{exc} (set DATABRICKS_HOST and DATABRICKS_TOKEN, on the executors too)") from None
+
+    def find(self, root: str, detail: bool = True) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        todo = [root.rstrip("/")]
+        while todo:
+            for entry in self.files.list_directory_contents(todo.pop()):
+                if entry.is_directory:
+                    todo.append(entry.path.rstrip("/"))
+                else:
+                    out[entry.path] = {"type": "file", "size": entry.file_size,
+                                       "last_modified": entry.last_modified}
+        return out
+
+    def cat_file(self, path: str) -> bytes:
+        return self.files.download(path).contents.read()
+
+    def get_file(self, path: str, target: str) -> None:
+        contents = self.files.download(path).contents
+        with open(target, "wb") as f:
+            while chunk := contents.read(8 << 20):
+                f.write(chunk)
+
+
 def _filesystem(locator: str) -> tuple[Any, str]:
     import fsspec
 
+    if locator.startswith("/Volumes/") and not os.path.exists(locator):
+        return VolumeFiles(), locator.rstrip("/")
     url = locator
     if url.startswith("s3a://"):  # Hadoop's name for S3
         url = "s3://" + url[len("s3a://"):]

@@ -6,8 +6,10 @@ the task's resources, gets the model from the per-process cache and scores each 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
+import socket
 import sys
 import time
 from collections import Counter
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from spark_infer.errors import ModelDoesNotFit, ModelMismatchError, SystemicScoringError
+from spark_infer.errors import ModelDoesNotFit, SystemicScoringError
 from spark_infer.log import render_message
 from spark_infer.runtime.batching import Runner, is_sticky_device_error, plan_micro_batches
 from spark_infer.runtime.cache import MODEL_CACHE, ModelCache
@@ -26,8 +28,10 @@ from spark_infer.runtime.device import (
     choose_device,
     gpu_free_bytes,
     gpu_peak_bytes,
+    planned_device,
     set_threads,
     task_resources,
+    worker_precision,
 )
 from spark_infer.runtime.metrics import new_counters
 from spark_infer.runtime.options import RuntimeOptions
@@ -48,6 +52,7 @@ __all__ = [
     "open_runner",
     "plan_micro_batches",
     "score_stream",
+    "worker_records",
 ]
 
 
@@ -69,13 +74,20 @@ def open_runner(
     if resources is None:
         resources = task_resources()
     set_threads(resources)
-    device = pinned_device(spec, choose_device(runtime.device, resources))
+    device = planned_device(spec.device_kind, runtime.device, resources, planned=f"{spec.device_kind} in {spec.dtype}")
+    # the precision is the fingerprinted one, checked against this device (bfloat16 needs 8.0+); a spec
+    # not fixed to a device (a UDF's) resolves `auto` here, from this device
+    precision, capability = worker_precision(spec.dtype, device, resources, option=spec.dtype_option)
+    scored = spec if precision == spec.dtype else dataclasses.replace(spec, dtype=precision)
     counters = counters if counters is not None else new_counters()
-    task, loaded = cache.get(spec.cache_key(device), lambda: _load_if_it_fits(spec, device))
+    task, loaded = cache.get(spec.cache_key(device), lambda: _load_if_it_fits(scored, device))
     if loaded:
         counters["model_loads"] += 1
         # per (worker process, device): how the GPU placement tests count loads
         counters[f"{PLACEMENT_PREFIX}load|{os.getpid()}|{device}"] += 1
+    # per (host, worker process, device): what each worker scored on and in which precision (tasks)
+    counters[f"{PLACEMENT_PREFIX}{WORKER_RECORD}|{socket.gethostname()}|{os.getpid()}|{device}|{capability}|"
+             f"{precision}"] += 1
     runner = Runner(task, runtime.batch_size, runtime.token_budget, runtime.on_error, counters)
     runner.device = device
     runner.resources = resources
@@ -118,19 +130,30 @@ PLACEMENT_PREFIX = "placement|"
 _device_broken: str = ""
 
 
-def pinned_device(spec: ModelSpec, device: str) -> str:
-    """`device`, held to the device kind the driver fingerprinted (outputs differ by device and
-    precision, so no row may be scored on another kind than its fingerprint says)."""
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    if spec.device_kind in ("any", kind):
-        return device
-    if spec.device_kind == "cpu":
-        return "cpu"  # device=auto found a GPU the job did not plan for: score as fingerprinted
-    raise ModelMismatchError(
-        f"the job fingerprinted outputs scored on {spec.device_kind} in {spec.dtype}, but this Python worker "
-        f"would score on {device} (no usable GPU here): failing the task rather than writing rows its "
-        "fingerprint does not describe"
-    )
+#: placement records `worker|<host>|<pid>|<device>|<compute capability>|<precision>` -> tasks
+WORKER_RECORD = "worker"
+
+
+def pinned_device(spec: ModelSpec, device: str, resources: TaskResources | None = None) -> str:
+    """`device` (what `choose_device` picked), held to the device kind the driver fingerprinted (outputs
+    differ by device and precision, so no row may be scored on another kind than its fingerprint says):
+    DeviceMismatchError for a GPU run's worker without a GPU (see `device.planned_device`)."""
+    kept = planned_device(spec.device_kind, "cuda" if device.startswith("cuda") else "cpu",
+                          resources or TaskResources(), planned=f"{spec.device_kind} in {spec.dtype}",
+                          has_cuda=device.startswith("cuda"))
+    return device if kept.startswith("cuda") else kept
+
+
+def worker_records(counters: dict[str, int]) -> list[dict[str, Any]]:
+    """The `worker|...` placement records of `counters`: one dict per (host, Python worker, device) with
+    its compute capability, precision and number of tasks."""
+    out = []
+    for key, tasks in counters.items():
+        if key.startswith(f"{PLACEMENT_PREFIX}{WORKER_RECORD}|"):
+            host, pid, device, capability, precision = key[len(PLACEMENT_PREFIX):].split("|")[1:]
+            out.append({"host": host, "pid": int(pid), "device": device, "capability": capability,
+                        "precision": precision, "tasks": int(tasks)})
+    return sorted(out, key=lambda w: (w["host"], w["pid"], w["device"]))
 
 
 def _record_task(counters: Counter[str], runner: Runner, started_ns: int) -> None:

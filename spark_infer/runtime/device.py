@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
+from spark_infer.errors import DeviceMismatchError
+
 log = logging.getLogger("spark_infer")
+
+#: bfloat16 needs compute capability 8.0 (Ampere) or newer; `dtype: auto` is float16 on older GPUs
+BF16_MIN_CAPABILITY = (8, 0)
 
 _warned_fallback = False
 
@@ -49,6 +55,42 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def device_capability(device: str) -> tuple[int, int] | None:
+    """(major, minor) compute capability of a CUDA device, None for the CPU: the boundary tests fake."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    return int(major), int(minor)
+
+
+def resolve_precision(dtype: str, device: str, capability: tuple[int, int] | None) -> str:
+    """The precision a model runs in on `device` (pure): `auto` is float32 on the CPU, bfloat16 on a GPU
+    of compute capability 8.0+ (Ampere and newer) and float16 on an older one (T4 7.5, V100 7.0). An
+    explicit dtype is kept, but bfloat16 on a GPU without it fails (DeviceMismatchError)."""
+    if not device.startswith("cuda"):
+        return "float32" if dtype == "auto" else dtype
+    bf16 = capability is not None and tuple(capability) >= BF16_MIN_CAPABILITY
+    if dtype == "auto":
+        return "bfloat16" if bf16 else "float16"
+    if dtype == "bfloat16" and not bf16:
+        have = "unknown" if capability is None else f"{capability[0]}.{capability[1]}"
+        raise DeviceMismatchError(
+            f"dtype=bfloat16 on {device} of compute capability {have}: bfloat16 needs 8.0 or newer (Ampere); "
+            "use dtype float16 (or float32) on this GPU"
+        )
+    return dtype
+
+
+def worker_label(resources: TaskResources) -> str:
+    """Where this code runs, for error messages: host, Python worker and task attempt."""
+    where = f"host {socket.gethostname()} (Python worker {os.getpid()}"
+    if resources.task_attempt_id is not None:
+        where += f", task attempt {resources.task_attempt_id}"
+    return where + ")"
 
 
 def gpu_index(address: str, visible_devices: str | None = None) -> int:
@@ -110,6 +152,66 @@ def choose_device(option: str, resources: TaskResources, has_cuda: bool | None =
         return "cuda:0"
     # auto without an assignment: a single-GPU laptop/driver still uses its GPU.
     return "cuda:0" if has_cuda else "cpu"
+
+
+def planned_device(kind: str, option: str, resources: TaskResources, planned: str = "",
+                   has_cuda: bool | None = None) -> str:
+    """`choose_device`, held to the device kind the run was planned and fingerprinted for.
+
+    kind "any" (a UDF): whatever `choose_device` picks. "cuda": a GPU is required; a worker without
+    one fails the task with an error naming it (never a silent CPU fallback). "cpu": a GPU that
+    `device=auto` finds is left alone, but a task Spark assigned a GPU fails (the plan missed the
+    cluster's GPUs). `planned` describes the plan in messages ("cuda in float16")."""
+    if has_cuda is None:
+        has_cuda = cuda_available()
+    if kind == "cuda" and not has_cuda:
+        given = (f"Spark assigned it GPU {list(resources.gpu_addresses)} but CUDA is not available in this Python "
+                 "worker (a CPU-only torch build, or no driver)" if resources.gpu_addresses
+                 else "Spark assigned it no GPU and CUDA is not available in this Python worker")
+        raise DeviceMismatchError(
+            f"this run was planned for GPUs (scoring on {planned or 'cuda'}), but {worker_label(resources)} has "
+            f"none: {given}. The task fails rather than writing CPU rows under a GPU fingerprint; to score "
+            "on CPU on this cluster, set device: cpu (runtime.device, --device cpu)"
+        )
+    device = choose_device("cuda" if kind == "cuda" and option == "auto" else option, resources, has_cuda)
+    if kind == "cuda" and not device.startswith("cuda"):
+        raise DeviceMismatchError(f"device={option} in a run planned for GPUs ({planned or 'cuda'})")
+    if kind == "cpu" and device.startswith("cuda"):
+        if resources.gpu_addresses:
+            raise DeviceMismatchError(
+                f"Spark assigned GPU {list(resources.gpu_addresses)} to this task on {worker_label(resources)}, "
+                "but the run was planned for the CPU (the session did not show the cluster's GPUs): set "
+                "device: cuda to score on the GPUs, or device: cpu to score on CPUs"
+            )
+        return "cpu"  # device=auto found a GPU the job did not plan for: score as fingerprinted
+    return device
+
+
+def worker_precision(dtype: str, device: str, resources: TaskResources, option: str = "") -> tuple[str, str]:
+    """(precision, compute capability "8.0" or "") this worker scores in on `device`: `resolve_precision`
+    over the device's capability, its errors naming the worker. `option` is the dtype the user asked
+    for when `dtype` is what the driver resolved it to (a message then says how to fix a mixed cluster)."""
+    capability = device_capability(device)
+    try:
+        precision = resolve_precision(dtype, device, capability)
+    except DeviceMismatchError as exc:
+        hint = ""
+        if option == "auto" and dtype != "auto":
+            hint = (f" (the run resolved dtype auto to {dtype} from the cluster's other GPUs: the cluster mixes GPU "
+                    "generations; set dtype float16 or float32 explicitly)")
+        raise DeviceMismatchError(f"{worker_label(resources)}: {exc}{hint}") from None
+    return precision, ("" if capability is None else f"{capability[0]}.{capability[1]}")
+
+
+def task_device_report(kind: str, option: str, dtype: str) -> dict[str, str]:
+    """What the running Spark task would score on: host, Python worker, GPU addresses, device, compute
+    capability and precision (the driver's probe of a GPU run's precision). Raises like a scoring task
+    would where the task cannot score as planned."""
+    res = task_resources()
+    device = planned_device(kind, option, res, planned=kind)
+    precision, capability = worker_precision(dtype, device, res)
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "gpus": ",".join(res.gpu_addresses),
+            "device": device, "capability": capability, "precision": precision}
 
 
 def set_threads(resources: TaskResources) -> None:

@@ -83,6 +83,19 @@ class ModelSpec:
     def cache_key(self, device: str) -> tuple[str, str, str, str, str]:
         return (self.task, self.snapshot.identity, self.fingerprint, self.options_json, device)
 
+    @property
+    def dtype_option(self) -> str:
+        """The precision the user asked for (`auto` unless forced); `dtype` is what it resolved to."""
+        return getattr(self.options, "dtype", "auto")
+
+    def placed(self, device_kind: str, dtype: str) -> ModelSpec:
+        """This spec fixed to score on `device_kind` in `dtype` (a resolved precision), fingerprinted so."""
+        if device_kind not in ("any", "cpu", "cuda"):
+            raise ConfigError(f"device_kind={device_kind!r}: expected any, cpu or cuda")
+        return ModelSpec(task=self.task, snapshot=self.snapshot, options_json=self.options_json,
+                         fingerprint=_fingerprint(self.task, self.options_json, self.snapshot, device_kind, dtype),
+                         device_kind=device_kind, dtype=dtype)
+
     def load(self, device: str) -> Task:
         """Instantiate the task on `device` (the worker calls this through the model cache)."""
         options = self.options
@@ -104,10 +117,18 @@ def task_options(task: str, **options: Any) -> TaskOptions:
 
 
 def resolved_dtype(option: str, device_kind: str) -> str:
-    """The precision rows are scored in: `auto` is bfloat16 on GPUs, float32 on CPUs."""
+    """The precision rows are scored in when nothing more is known: `auto` is float32 on CPUs and
+    bfloat16 on GPUs (the job resolves a GPU run's `auto` from the GPUs' compute capability instead,
+    `device.resolve_precision`, and fixes it with `ModelSpec.placed`)."""
     if option != "auto" or device_kind == "any":
         return option
     return "bfloat16" if device_kind == "cuda" else "float32"
+
+
+def _fingerprint(task: str, options_json: str, snapshot: ModelSnapshot, device_kind: str, dtype: str) -> str:
+    return hashlib.sha256(
+        f"{task}\n{options_json}\n{snapshot.identity}\n{device_kind}\n{dtype}".encode()
+    ).hexdigest()[:24]
 
 
 def make_spec(task: str, model: str | None = None, *, revision: str | None = None, device_kind: str = "any",
@@ -125,8 +146,6 @@ def make_spec(task: str, model: str | None = None, *, revision: str | None = Non
     snapshot = resolve_model(model, revision)
     options_json = json.dumps(opts.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     dtype = resolved_dtype(getattr(opts, "dtype", "auto"), device_kind)
-    fp = hashlib.sha256(
-        f"{task}\n{options_json}\n{snapshot.identity}\n{device_kind}\n{dtype}".encode()
-    ).hexdigest()[:24]
-    return ModelSpec(task=task, snapshot=snapshot, options_json=options_json, fingerprint=fp,
+    return ModelSpec(task=task, snapshot=snapshot, options_json=options_json,
+                     fingerprint=_fingerprint(task, options_json, snapshot, device_kind, dtype),
                      device_kind=device_kind, dtype=dtype)

@@ -31,10 +31,11 @@ from spark_infer.delta_jars import (
     resolved_jars,
     verbose,
 )
+from spark_infer.errors import ConfigError
 from spark_infer.local_cache import cache_dir, data_dir
 from spark_infer.sessions.base import SessionCapabilities, registered_kinds
 
-__all__ = ["SessionCapabilities", "active_session", "build_session", "capabilities", "quiet"]
+__all__ = ["SessionCapabilities", "active_session", "build_session", "capabilities", "quiet", "session_kinds"]
 
 log = logging.getLogger("spark_infer")
 _discovered = False
@@ -49,12 +50,29 @@ def _discover() -> None:
         _discovered = True
 
 
-def capabilities(spark: SparkSession) -> SessionCapabilities:
-    """The capabilities of `spark` (classic or Spark Connect)."""
+def session_kinds() -> list[str]:
+    """The names of the session kinds this installation knows (`classic`, `connect`, `serverless`)."""
     _discover()
-    for kind in registered_kinds():
-        if kind.handles(spark):
-            return kind(spark)
+    return [k.kind for k in registered_kinds()]
+
+
+def capabilities(spark: SparkSession, kind: str | None = None) -> SessionCapabilities:
+    """The capabilities of `spark`: of the kind named (`kind`, e.g. "serverless"), else the first
+    kind that recognises the session (a platform's restricted kind before the general one)."""
+    _discover()
+    kinds = sorted(registered_kinds(), key=lambda k: k.priority)
+    if kind and kind != "auto":
+        named = next((k for k in kinds if k.kind == kind), None)
+        if named is None:
+            raise ConfigError(f"config field 'session_kind': unknown kind {kind!r} (one of: auto, "
+                              f"{', '.join(k.kind for k in kinds)})")
+        if not named.compatible(spark):
+            raise ConfigError(f"config field 'session_kind': a {type(spark).__module__}.{type(spark).__name__} "
+                              f"cannot be used as a {kind!r} session")
+        return named(spark)
+    for k in kinds:
+        if k.handles(spark):
+            return k(spark)
     raise TypeError(f"unsupported Spark session type {type(spark).__module__}.{type(spark).__name__}")
 
 
@@ -107,7 +125,7 @@ def build_session(
         return active
     remote = remote or (os.environ.get("SPARK_REMOTE") if not os.environ.get("PYSPARK_GATEWAY_PORT") else None)
     if remote:
-        return _connect(app_name, remote, conf or {}, warehouse_dir)
+        return _connect(app_name, remote, conf or {}, warehouse_dir, delta_jars)
     effective_master = master or os.environ.get("MASTER") or (
         "local[*]" if not os.environ.get("PYSPARK_GATEWAY_PORT") else "")
     if pins_worker_python(effective_master):
@@ -118,17 +136,7 @@ def build_session(
     elif not os.environ.get("PYSPARK_GATEWAY_PORT") and not os.environ.get("MASTER"):
         builder = builder.master("local[*]")
     user_conf = dict(conf or {})
-    defaults = {
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.databricks.delta.schema.autoMerge.enabled": "false",
-        "spark.sql.shuffle.partitions": str(max(2, os.cpu_count() or 2)),
-        **DELTA_CONFS,
-    }
-    if effective_master.startswith("local"):
-        # Delta rebuilds table state with 50 shuffle partitions by default: on a laptop or CI box
-        # that is most of a small commit's time (5.3 s -> 1.3 s per unit commit measured on 2 cores)
-        defaults["spark.databricks.delta.snapshotPartitions"] = str(max(2, os.cpu_count() or 2))
+    defaults = _session_defaults(effective_master)
     from spark_infer.sessions.classic import jvm_running  # classic pyspark only: not for a Connect client
 
     under_submit = bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
@@ -155,6 +163,22 @@ def build_session(
         spark = (builder.config("spark.jars", all_jars) if all_jars else builder).getOrCreate()
     quiet(spark)
     return spark
+
+
+def _session_defaults(master: str) -> dict[str, str]:
+    """Confs for a JVM this process starts (classic, or a local Connect server): Delta, quiet, sized."""
+    defaults = {
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        "spark.sql.shuffle.partitions": str(max(2, os.cpu_count() or 2)),
+        **DELTA_CONFS,
+    }
+    if master.startswith("local"):
+        # Delta rebuilds table state with 50 shuffle partitions by default: on a laptop or CI box
+        # that is most of a small commit's time (5.3 s -> 1.3 s per unit commit measured on 2 cores)
+        defaults["spark.databricks.delta.snapshotPartitions"] = str(max(2, os.cpu_count() or 2))
+    return defaults
 
 
 def _delta_jars_for_new_jvm(conf: Mapping[str, str], delta_jars: str | None) -> str:
@@ -316,13 +340,20 @@ def _quiet_log4j_file(local: bool) -> str:
     return path
 
 
-def _connect(app_name: str, remote: str, conf: Mapping[str, str], warehouse_dir: str | None = None) -> Any:
-    """A Spark Connect session (`sc://...`, or `local[N]` for a server started in this process)."""
+def _connect(app_name: str, remote: str, conf: Mapping[str, str], warehouse_dir: str | None = None,
+             delta_jars: str | None = None) -> Any:
+    """A Spark Connect session (`sc://...`, or `local[N]` for a server started in this process: with
+    Delta, like a classic session this process starts)."""
     builder = SparkSession.builder.remote(remote).appName(app_name)
     if remote.startswith("local") and pins_worker_python(remote):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the local server's workers
         # the local server starts with these (and would otherwise put its warehouse in the cwd)
-        builder = builder.config(map={**_no_litter_confs(conf, warehouse_dir), **conf})
+        jars = ",".join(j for j in (conf.get("spark.jars"), _delta_jars_for_new_jvm(conf, delta_jars)) if j)
+        start = {**_session_defaults(remote), **_no_litter_confs(conf, warehouse_dir), **conf, "spark.jars": jars}
+        java_opts = _startup_java_options(conf, remote)
+        if java_opts is not None:
+            start["spark.driver.extraJavaOptions"] = java_opts
+        builder = builder.config(map=start)
         spark = builder.getOrCreate()
     else:
         spark = builder.getOrCreate()

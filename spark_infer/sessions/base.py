@@ -30,6 +30,13 @@ class SessionCapabilities(ABC):
     kind: ClassVar[str]
     #: True for Spark Connect sessions (no JVM handle in this process)
     remote: ClassVar[bool] = False
+    #: kinds with a lower number are asked first whether they `handle` a session (a platform's
+    #: restricted kind before the general kind it narrows)
+    priority: ClassVar[int] = 100
+    #: whether `DataFrame.persist`/`cache` work (serverless compute refuses them)
+    can_persist: ClassVar[bool] = True
+    #: bytes a Python UDF may use on the workers, where the platform caps it (None: no cap)
+    udf_memory_limit: ClassVar[int | None] = None
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
@@ -38,6 +45,15 @@ class SessionCapabilities(ABC):
     @abstractmethod
     def handles(cls, spark: Any) -> bool:
         """True when `spark` is a session of this kind."""
+
+    @classmethod
+    def compatible(cls, spark: Any) -> bool:
+        """True when `spark` can be used as this kind when asked for it by name (`session_kind`)."""
+        return cls.handles(spark)
+
+    def conf_settable(self, key: str) -> bool:
+        """Whether the session lets a client set the Spark conf `key` (a platform may allow only some)."""
+        return True
 
     @property
     @abstractmethod
@@ -99,3 +115,19 @@ class SessionCapabilities(ABC):
 
     def stop_watching(self) -> None:  # noqa: B027 - nothing to undo unless a kind watches
         """Undo `watch_tasks`."""
+
+    def gpu_conf(self) -> dict[str, str]:
+        """What the session shows of its cluster's GPUs: the executor and task GPU amounts
+        (`spark.executor.resource.gpu.amount`, `spark.task.resource.gpu.amount`) and a Databricks
+        runtime's version (`spark.databricks.clusterUsageTags.sparkVersion`), those it has and lets a
+        client read. A conf the session hides (Spark Connect may refuse it) is left out: unknown, not absent."""
+        out: dict[str, str] = {}
+        for key in ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount",
+                    "spark.databricks.clusterUsageTags.sparkVersion"):
+            try:
+                value = self.spark.conf.get(key, None)
+            except Exception:  # noqa: BLE001 - a platform may refuse to show a conf
+                continue
+            if value is not None:
+                out[key] = str(value)
+        return out

@@ -281,8 +281,10 @@ class DeltaOutput:
             self.spark.sql(f"ALTER TABLE {self.table.sql_name} SET TBLPROPERTIES ({kv})")
 
     def app_id(self, units_id: str) -> str:
-        """A stable Delta application id per (output table, units)."""
-        digest = hashlib.sha256(f"{self.table.location}\0{units_id}".encode()).hexdigest()[:24]
+        """A stable Delta application id per (output table, units): keyed by where the table's files
+        are (a catalog table's storage location, normalised), so runs that name one table by its
+        catalog name and by its path share ids, and Delta lets only one of them write a plan's units."""
+        digest = hashlib.sha256(f"{self.location}\0{units_id}".encode()).hexdigest()[:24]
         return f"spark-infer-{digest}"
 
     def write_units(self, df: DataFrame, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
@@ -302,7 +304,7 @@ class DeltaOutput:
             if self.table.is_path:
                 writer.save(self.table.location)
             else:
-                writer.saveAsTable(self.table.ref)
+                writer.saveAsTable(self.table.name)
         except Exception:
             # a stop can interrupt the call after Delta committed: the commit counts if it is there
             landed = self._find_commit(marker, plan_version)
@@ -356,7 +358,7 @@ class DeltaOutput:
         if ref.is_path:
             w.save(ref.location)
         else:
-            w.saveAsTable(ref.ref)
+            w.saveAsTable(ref.name)
 
 
 def _committed(states: set[str | None], fps: set[str | None], files: set[str | None], rows: int,
