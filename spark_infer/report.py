@@ -87,6 +87,9 @@ class RunSummary:
             "durations_json": json.dumps(self.durations_s, sort_keys=True),
             "error": redact(self.error) if self.error else None,
             "started_at": self.started_at, "ended_at": self.ended_at,
+            # where and how rows were scored: what a reader needs to tell runs of one table apart
+            "session_kind": self.session_kind, "staging": self.staging, "device_kind": self.device_kind,
+            "precision": self.precision, "workers_json": json.dumps(self.workers, sort_keys=True, default=str),
         }
 
 

@@ -82,6 +82,9 @@ def test_incremental_job_on_serverless(spark, connect_url, tables, tiny_bert, tm
     s3 = score("new")
     assert s3["units_committed"] == ["category=garden"] and s3["plan"]["units_done"] == 3
     assert staging_tables(spark) == []
+    runs = spark.read.format("delta").load(out + "_runs").orderBy("started_at").collect()
+    assert [(r.run_id, r.session_kind, r.staging, r.device_kind) for r in runs] == [
+        (s["run_id"], "serverless", "table", "cpu") for s in (s1, s2, s3)]
 
 
 @pytest.mark.slow

@@ -105,7 +105,8 @@ RUNS_SCHEMA = (
     "model string, model_fingerprint string, config_hash string, input_version long, "
     "output_version_before long, output_version_after long, units_planned int, units_scored int, "
     "units_skipped int, units_failed int, units_deleted int, rows long, error_rows long, tokens long, "
-    "durations_json string, error string, started_at string, ended_at string"
+    "durations_json string, error string, started_at string, ended_at string, session_kind string, "
+    "staging string, device_kind string, precision string, workers_json string"
 )
 
 
