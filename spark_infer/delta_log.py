@@ -71,18 +71,41 @@ class LogSnapshot:
         return "deletionVectors" in features
 
     def deleted_rows(self) -> dict[str, int]:
-        """Rows hidden by deletion vectors, per file path (empty when the table has none)."""
+        """Rows hidden by deletion vectors, per live file (its log path as `get_add_actions` gives it;
+        empty when the table has none).
+
+        delta-rs 1.6 does not expose an add action's deletion-vector descriptor (nor its cardinality)
+        in `get_add_actions`; `deletion_vectors()` gives each file's selection vector under a full
+        URI that delta-rs encodes its own way (`caf%C3%A9` where the log says `café`). Both sides are
+        therefore compared decoded, as full locations, in one dict lookup per file. A vector that
+        names no live file (or two) raises LookupError, so the caller counts with Spark: never a
+        wrong count."""
         if self._deleted is None:
-            self._deleted = {}
+            deleted: dict[str, int] = {}
             if self.has_deletion_vectors:
                 import pyarrow as pa
 
+                by_location: dict[str, str] = {}
+                for p in self.actions.column("path").to_pylist():
+                    if by_location.setdefault(self._location_of(p), p) != p:
+                        raise LookupError(f"two live files at one location: {p}")
                 dvs = pa.table(self.table.deletion_vectors())
                 names = dvs.column_names
                 for uri, mask in zip(dvs.column(names[0]).to_pylist(), dvs.column(names[1]).to_pylist(),
                                      strict=True):
-                    self._deleted[uri] = sum(1 for keep in mask if not keep)
+                    path = by_location.get(_decoded(uri))
+                    if path is None or path in deleted:
+                        raise LookupError(f"deletion vector of {uri} matches no single live file")
+                    deleted[path] = sum(1 for keep in mask if not keep)
+            self._deleted = deleted
         return self._deleted
+
+    def _location_of(self, path: str) -> str:
+        """A live file's full location, decoded (its log path is a URI reference, relative to the
+        table's root unless absolute)."""
+        if "://" in path:
+            return _decoded(path)
+        return _decoded(self.table.table_uri.rstrip("/") + "/" + path)
 
     def _file_rows(self) -> list[tuple[str, int, int]]:
         """(path, size, rows) per live file; rows exclude those deleted by deletion vectors."""
@@ -95,7 +118,9 @@ class LogSnapshot:
         for p, s, n in zip(paths, sizes, records, strict=True):
             if n is None:
                 raise LookupError(f"file {p} has no row count in the log")
-            gone = next((v for uri, v in deleted.items() if uri.endswith(p)), 0) if deleted else 0
+            gone = deleted.get(p, 0)
+            if gone > n:
+                raise LookupError(f"file {p}: more rows deleted ({gone}) than it holds ({n})")
             out.append((p, int(s), int(n) - gone))
         return out
 
@@ -151,6 +176,16 @@ class LogSnapshot:
 
     def transaction_version(self, app_id: str) -> int | None:
         return self.table.transaction_version(app_id)
+
+
+def _decoded(uri: str) -> str:
+    """A file location with its percent-escapes decoded and one spelling of a local root."""
+    from urllib.parse import unquote
+
+    u = unquote(uri)
+    if u.startswith("file:"):  # file:/x, file:///x
+        return "file:///" + u[len("file:"):].lstrip("/")
+    return u
 
 
 def open_log(location: str, version: int | None = None) -> LogSnapshot | None:
