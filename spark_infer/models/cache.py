@@ -6,7 +6,9 @@ Folders are keyed by the snapshot's immutable identity under `cache_dir("models"
 Linux, a per-user temp folder when HOME is not writable). A download goes to a temporary folder, is
 checked against the driver's manifest (every file, every size), and is renamed into place only when
 complete, under a file lock (filelock's `FileLock`, one lock file per snapshot), so concurrent workers
-on one node download once and never see half a model. Each download is recorded in `<key>.downloads`
+on one node download once and never see half a model. A source whose download checks more (object
+storage: each file's version tag) says so in a `stamp` kept in the completion marker; a copy without
+that stamp is downloaded again rather than reused. Each download is recorded in `<key>.downloads`
 (one line: host, pid, time), which is how the tests count downloads per node.
 """
 
@@ -35,15 +37,19 @@ def snapshot_key(snapshot: ModelSnapshot) -> str:
     return hashlib.sha256(f"{snapshot.source}\0{snapshot.identity}".encode()).hexdigest()[:32]
 
 
-def cached_snapshot(snapshot: ModelSnapshot, download: Callable[[str], None]) -> str:
-    """The local folder of `snapshot`, calling `download(into_folder)` once per machine if needed."""
+def cached_snapshot(snapshot: ModelSnapshot, download: Callable[[str], None], stamp: str = "") -> str:
+    """The local folder of `snapshot`, calling `download(into_folder)` once per machine if needed.
+
+    `stamp` says how `download` checks what it fetched (e.g. the source's version tags): it is written
+    in the completion marker, and a copy whose marker does not say it (a copy made by an older, less
+    careful download) is downloaded again rather than reused."""
     root = cache_dir("models")
     key = snapshot_key(snapshot)
     final = os.path.join(root, key)
-    if os.path.exists(os.path.join(final, _COMPLETE)):
+    if _complete(final, stamp):
         return final
     with FileLock(os.path.join(root, key + ".lock")):
-        if os.path.exists(os.path.join(final, _COMPLETE)):
+        if _complete(final, stamp):
             return final  # another worker finished it while we waited
         partial = f"{final}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
@@ -53,7 +59,7 @@ def cached_snapshot(snapshot: ModelSnapshot, download: Callable[[str], None]) ->
             download(partial)
             _check_complete(snapshot, partial)
             with open(os.path.join(partial, _COMPLETE), "w") as f:
-                f.write(snapshot.identity)
+                f.write(snapshot.identity + (f"\n{stamp}" if stamp else ""))
             os.rename(partial, final)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -61,6 +67,20 @@ def cached_snapshot(snapshot: ModelSnapshot, download: Callable[[str], None]) ->
         with open(os.path.join(root, key + ".downloads"), "a") as f:
             f.write(f"{socket.gethostname()} {os.getpid()} {time.time():.3f} {snapshot.reference}\n")
     return final
+
+
+def _complete(folder: str, stamp: str) -> bool:
+    """Whether `folder` holds a finished download (made with the check `stamp` names, when one is given)."""
+    marker = os.path.join(folder, _COMPLETE)
+    if not os.path.exists(marker):
+        return False
+    if not stamp:
+        return True
+    try:
+        with open(marker) as f:
+            return stamp in f.read().splitlines()[1:]
+    except OSError:
+        return False
 
 
 def _check_complete(snapshot: ModelSnapshot, folder: str) -> None:

@@ -7,6 +7,12 @@ tag (the object's ETag, a file's modification time), so a changed object is a ch
 nothing is hashed. Each executor downloads the folder once per node into the local cache
 (`models/cache.py`) and loads from local disk: no shared filesystem is needed.
 
+The snapshot carries every file's version tag as the driver listed it (in its locator). The executor
+lists the folder again before and after downloading and compares each file's tag with the driver's:
+an object overwritten in place since the driver resolved it (same name, same size, new ETag) fails the
+task with ModelMismatchError naming the file and both tags, instead of being loaded under the old
+fingerprint. A node's cached copy is reused only when it was downloaded under that check.
+
 Credentials come from the environment the way fsspec's filesystem packages read them (AWS_* and
 instance profiles for S3, GOOGLE_APPLICATION_CREDENTIALS for GCS, AZURE_* for ADLS), never from the
 job's config: set them on the driver and on the executors (`spark.executorEnv.*`, instance roles).
@@ -26,7 +32,7 @@ import os
 import posixpath
 from typing import Any
 
-from spark_infer.errors import ConfigError
+from spark_infer.errors import ConfigError, ModelMismatchError
 from spark_infer.models.base import ModelSnapshot, ModelSource, register_source
 from spark_infer.models.cache import cached_snapshot
 from spark_infer.models.fingerprint import is_model_file
@@ -88,6 +94,11 @@ def _filesystem(locator: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(url)
 
 
+def _lister(locator: str) -> str:
+    """How `_filesystem` reads `locator` in this process (its version tags are comparable within one kind)."""
+    return "files-api" if locator.startswith("/Volumes/") and not os.path.exists(locator) else "fsspec"
+
+
 def _version_tag(info: dict[str, Any]) -> str:
     for key in ("ETag", "etag", "md5Hash", "generation", "version_id", "VersionId"):
         if info.get(key):
@@ -137,18 +148,56 @@ class StorageSource(ModelSource):
         config = next(m for m in MODEL_MARKERS if m in files)
         config_sha = hashlib.sha256(fs.cat_file(posixpath.join(root, config))).hexdigest()
         identity = hashlib.sha256("\n".join([reference.rstrip("/"), *tags]).encode()).hexdigest()
-        return ModelSnapshot(source=cls.name, reference=reference, locator=json.dumps({"url": reference}),
+        versions = {rel: _version_tag(info) for rel, info in sorted(files.items())}
+        locator = json.dumps({"url": reference, "versions": versions, "lister": _lister(reference)})
+        return ModelSnapshot(source=cls.name, reference=reference, locator=locator,
                              identity=identity, manifest=manifest, config_sha256=config_sha)
 
     @classmethod
     def local_dir(cls, snapshot: ModelSnapshot) -> str:
-        url = json.loads(snapshot.locator)["url"]
+        locator = json.loads(snapshot.locator)
+        url, versions = locator["url"], locator.get("versions")
+        if _lister(url) != locator.get("lister"):
+            # no versions (a snapshot from an older driver), or listed another way than here (a volume
+            # mounted on the driver, read through the Files API on this worker: modification times in
+            # other units): names and sizes are checked, as before
+            versions = None
 
         def download(into: str) -> None:
             fs, root = _filesystem(url)
+            if versions is not None:
+                _check_versions(snapshot, versions, fs, root)  # changed already: fail before downloading
             for rel, _ in snapshot.manifest:
                 target = os.path.join(into, *rel.split("/"))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 fs.get_file(posixpath.join(root, rel), target)
+            if versions is not None:
+                _check_versions(snapshot, versions, fs, root)  # changed while downloading
 
-        return cached_snapshot(snapshot, download)
+        return cached_snapshot(snapshot, download, stamp=_CHECKED if versions is not None else "")
+
+
+#: what a cached copy's completion marker says when its files' version tags were checked
+_CHECKED = "version tags checked"
+
+
+def _check_versions(snapshot: ModelSnapshot, versions: dict[str, str], fs: Any, root: str) -> None:
+    """Raise ModelMismatchError when a file's version tag (ETag, generation, modification time) at the
+    source is not the one the driver fingerprinted: the object was changed in place."""
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()  # a listing cached by this process (s3fs, gcsfs) would hide the change
+    try:
+        listing = fs.find(root, detail=True)
+    except Exception as exc:  # noqa: BLE001 - unreachable, no access
+        raise ModelMismatchError(f"model {snapshot.reference!r}: cannot list the folder again on this worker to "
+                                 f"check its files' versions ({type(exc).__name__}: {exc})") from None
+    found = {posixpath.relpath(p, root.rstrip("/")): _version_tag(info) for p, info in listing.items()}
+    diffs = [f"{rel}: {'no such file' if rel not in found else repr(found[rel])} at the source, "
+             f"{want!r} when the driver resolved it" for rel, want in sorted(versions.items())
+             if found.get(rel) != want]
+    if diffs:
+        raise ModelMismatchError(
+            f"model {snapshot.reference!r} changed in place since the driver fingerprinted it "
+            f"({'; '.join(diffs[:5])}{'; ...' if len(diffs) > 5 else ''}): failing the task rather than "
+            "loading another model under the old fingerprint (re-run to score with the new one)"
+        )
