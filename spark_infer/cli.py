@@ -73,6 +73,10 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
                    help="rescore units whose output holds error rows")
     p.add_argument("--on-orphan", dest="on_orphan", choices=["delete", "keep"],
                    help="output units whose input unit is gone (default: delete)")
+    p.add_argument("--max-orphan-share", dest="max_orphan_share", type=float,
+                   help="largest share of the output's units a run may delete as orphans (default 0.5)")
+    p.add_argument("--allow-mass-delete", dest="allow_mass_delete", action="store_true", default=None,
+                   help="delete orphaned units beyond --max-orphan-share, or all of them when the input has no units")
     p.add_argument("--model-revision", dest="model_revision", help="hub revision or registry version to pin")
     p.add_argument("--output-col", dest="output_col", help="name of the prediction column (default: the task's)")
     p.add_argument("--output-format", dest="output_format", help="output sink (default: delta)")

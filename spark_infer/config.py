@@ -187,6 +187,14 @@ class CommitSection(_Section):
     on_orphan: Literal["delete", "keep"] = Field(
         default="delete", description="output units whose input unit is gone: delete their rows, or keep them"
     )
+    max_orphan_share: float = Field(
+        default=0.5, ge=0, le=1,
+        description="largest share of the output's units one run may delete as orphans without allow_mass_delete "
+                    "(an input that has no units at all never deletes without it)",
+    )
+    allow_mass_delete: bool = Field(
+        default=False, description="delete orphaned units beyond max_orphan_share, or when the input has no units"
+    )
     rescore_errors: bool = Field(default=False, description="rescore units whose output holds error rows")
     staging: Literal["auto", "persist", "table"] = Field(
         default="auto",

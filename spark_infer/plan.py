@@ -32,10 +32,48 @@ class Plan:
     orphaned: list[tuple[UnitKey, Committed]] = field(default_factory=list)
     #: orphaned units this run deletes (on_orphan=delete) or keeps
     delete_orphans: bool = True
+    #: the largest share of the output's units a run deletes as orphans without `allow_mass_delete`
+    max_orphan_share: float = 0.5
+    allow_mass_delete: bool = False
 
     @property
     def pending_rows(self) -> int:
         return sum(u.rows for u, _ in self.pending)
+
+    @property
+    def orphaned_rows(self) -> int:
+        """Rows the output holds for orphaned units (what `on_orphan: delete` deletes)."""
+        return sum(c.rows for _, c in self.orphaned)
+
+    @property
+    def input_units(self) -> int:
+        return len(self.pending) + len(self.done) + len(self.stale_model)
+
+    @property
+    def output_units(self) -> int:
+        """Units the output holds: the orphaned ones and every input unit it has rows for (all but new)."""
+        held = sum(1 for _, r in self.pending if r != NEW) + len(self.done) + len(self.stale_model)
+        return held + len(self.orphaned)
+
+    def mass_delete_refusal(self) -> str | None:
+        """Why this plan's orphan deletion needs `allow_mass_delete`, or None: an input with no units at
+        all (truncated, mis-pointed, mid-rewrite) never empties the output, and no run deletes more than
+        `max_orphan_share` of the output's units without the flag."""
+        if not (self.delete_orphans and self.orphaned) or self.allow_mass_delete:
+            return None
+        n, total, rows = len(self.orphaned), self.output_units, self.orphaned_rows
+        share = n / total
+        what = f"would delete {rows} output rows of {n} of the output's {total} units ({share:.0%})"
+        if self.input_units == 0:
+            why = "the input has no units at all (truncated, mis-pointed or being rewritten?)"
+        elif share > self.max_orphan_share:
+            why = (f"more than max_orphan_share={self.max_orphan_share:g} of the output's units are gone from "
+                   "the input")
+        else:
+            return None
+        return (f"refusing to delete orphaned units: this run {what}: {why}; nothing was written. Check the "
+                "input; to delete them rerun with --allow-mass-delete (commit.allow_mass_delete: true), "
+                "or keep them with --on-orphan keep")
 
     def label(self, key: UnitKey) -> str:
         return label(self.unit_columns, key)
@@ -53,6 +91,7 @@ class Plan:
             "units_kept_old_model": len(self.stale_model),
             "units_orphaned": len(self.orphaned),
             "rows_pending": self.pending_rows,
+            "rows_orphaned": self.orphaned_rows,
         }
 
 

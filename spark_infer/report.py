@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from spark_infer.log import event, kv, render
+from spark_infer.log import event, kv, render, render_message
 from spark_infer.redact import redact, redact_value
 
 if TYPE_CHECKING:
@@ -230,4 +230,7 @@ def format_plan(plan: Plan, input_ref: str, id_col: str, max_lines: int | None =
         hidden[kind] = hidden.get(kind, 0) + 1
     lines += [f"  ... {n} more {kind}" for kind, n in hidden.items()]
     lines.append("plan: " + kv(**plan.counts()))
+    refusal = plan.mass_delete_refusal()
+    if refusal:
+        lines.append("plan: " + render_message(refusal))  # fixed text and numbers, one line
     return "\n".join(lines)

@@ -7,7 +7,7 @@ interrupted ones included.
 Exit codes:
   0  every planned unit is committed (or nothing was pending; or --dry-run)
   1  unexpected error (bug, or Spark/infrastructure failure before any unit could be scored)
-  2  bad configuration: nothing was written
+  2  bad configuration (or a refused mass delete of orphaned units): nothing was written
   3  partial failure: some units failed; committed units are kept, a rerun scores the rest
   4  a concurrent run wrote the same output units; committed units are kept, rerun to finish
   5  stopped by SIGTERM/SIGINT (preemption, scheduler timeout): committed units kept, rerun continues

@@ -203,6 +203,67 @@ def test_orphaned_units_are_deleted_or_kept(spark, tmp_path, tiny_bert, policy):
         assert s.units_deleted == [] and left == {"books", "garden", "toys"}
 
 
+def output_version_and_ids(spark, out):
+    return delta_versions(out)[-1], ids(spark, out)
+
+
+def test_an_input_with_no_units_never_empties_the_output_without_the_flag(spark, tmp_path, tiny_bert, capsys):
+    """Issue 19: every row of a 3-partition input deleted upstream (truncated, mis-pointed, mid-rewrite):
+    a default run refuses (exit 2) and deletes nothing; the dry run shows the rows that would go; the
+    explicit flag deletes them."""
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    rows = rows_for("books", 0, 20) + rows_for("toys", 100, 20) + rows_for("garden", 200, 20)
+    spark.createDataFrame(rows, SCHEMA).write.format("delta").partitionBy("category").save(inp)
+    assert job(inp, out, tiny_bert).exit_code == 0
+    spark.sql(f"DELETE FROM delta.`{inp}`")
+    before = output_version_and_ids(spark, out)
+    assert len(before[1]) == 60
+
+    s = job(inp, out, tiny_bert)  # the measured case: a default run
+    assert s.exit_code == 2 and s.units_deleted == [] and "60 output rows" in s.error, s.error
+    assert output_version_and_ids(spark, out) == before
+
+    dry = job(inp, out, tiny_bert, dry_run=True, max_orphan_share=1.0)  # even with no share limit
+    printed = capsys.readouterr().out
+    assert dry.exit_code == 0 and dry.plan["units_orphaned"] == 3 and dry.plan["rows_orphaned"] == 60
+    assert "rows_orphaned=60" in printed and "orphaned delete (gone)" in printed
+    assert "refusing to delete" in printed and "60 output rows" in printed and "--allow-mass-delete" in printed
+
+    s = job(inp, out, tiny_bert, max_orphan_share=1.0)
+    assert s.exit_code == 2 and s.status == "config_error" and s.units_deleted == [], s.error
+    assert "60 output rows" in s.error and "no units at all" in s.error and "--allow-mass-delete" in s.error
+    assert output_version_and_ids(spark, out) == before  # nothing written
+
+    s = job(inp, out, tiny_bert, allow_mass_delete=True)
+    assert s.exit_code == 0, s.error
+    assert sorted(s.units_deleted) == ["category=books", "category=garden", "category=toys"]
+    assert ids(spark, out) == []
+
+
+def test_deleting_more_than_max_orphan_share_of_the_output_needs_the_flag(spark, tmp_path, tiny_bert):
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    rows = (rows_for("books", 0, 5) + rows_for("toys", 100, 4) + rows_for("garden", 200, 3)
+            + rows_for("music", 300, 2))
+    spark.createDataFrame(rows, SCHEMA).write.format("delta").partitionBy("category").save(inp)
+    assert job(inp, out, tiny_bert).exit_code == 0
+    # 1 of 4 output units gone (25%, under the default 0.5): deleted by default, its rows in the plan
+    spark.sql(f"DELETE FROM delta.`{inp}` WHERE category = 'toys'")
+    s = job(inp, out, tiny_bert)
+    assert s.exit_code == 0 and s.units_deleted == ["category=toys"], s.error
+    assert s.plan["rows_orphaned"] == 4
+    # 2 of the 3 left (67%): refused by default, nothing written
+    spark.sql(f"DELETE FROM delta.`{inp}` WHERE category IN ('garden', 'music')")
+    before = output_version_and_ids(spark, out)
+    s = job(inp, out, tiny_bert)
+    assert s.exit_code == 2 and s.units_deleted == [], s.error
+    assert "5 output rows" in s.error and "max_orphan_share=0.5" in s.error and "--allow-mass-delete" in s.error
+    assert output_version_and_ids(spark, out) == before
+    # a threshold above that share deletes them
+    s = job(inp, out, tiny_bert, max_orphan_share=0.7)
+    assert s.exit_code == 0 and sorted(s.units_deleted) == ["category=garden", "category=music"], s.error
+    assert ids(spark, out) == list(range(5))
+
+
 # -- 7. a broken model, error rows and max_error_rate -------------------------------------------------
 def predictor_dir(tmp_path) -> str:
     d = tmp_path / "predictor"

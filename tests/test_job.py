@@ -255,3 +255,50 @@ def test_run_job_python_api(spark, tmp_path, tables, tiny_bert):
     assert bad.status == "config_error" and bad.exit_code == 2 and "text_col" in bad.error
     worse = run_job({"inptu": inp})
     assert worse.exit_code == 2 and "did you mean 'input'" in worse.error
+
+
+@pytest.fixture
+def plan_calls(monkeypatch):
+    """How many times the Planner planned (each call reads both logs and may run Spark jobs)."""
+    from spark_infer.job import planner
+
+    calls = []
+    real = planner.Planner.plan
+
+    def counted(self):
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(planner.Planner, "plan", counted)
+    return calls
+
+
+def _printed_counts(printed: str) -> dict[str, int]:
+    line = [ln for ln in printed.splitlines() if ln.startswith("plan: units_total=")]
+    assert len(line) == 1, printed
+    return {k: int(v) for k, v in (f.split("=") for f in line[0].removeprefix("plan: ").split())}
+
+
+def test_every_run_plans_once_and_runs_the_plan_it_printed(spark, tmp_path, tables, tiny_bert, capsys,
+                                                           plan_calls):
+    """Issue 19: the command line, `run_job` and a dry run plan once; what is printed is what runs."""
+    from spark_infer import run_job
+
+    inp, out, rows = tables
+    code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--dry-run", name="dry.json")
+    assert code == ExitCode.OK and len(plan_calls) == 1
+    dry = _printed_counts(capsys.readouterr().out)
+    assert dry == s["plan"] and dry["units_new"] == 3
+
+    code, s = job(tmp_path, inp, out, "--model", tiny_bert)  # the CLI's execute path, printing its plan
+    assert code == ExitCode.OK and len(plan_calls) == 2, s
+    printed = capsys.readouterr().out
+    ran = {k: v for k, v in s["plan"].items() if k != "groups"}
+    assert _printed_counts(printed) == ran == dry
+    pending = sorted(ln.split()[2] for ln in printed.splitlines() if ln.startswith("  pending"))
+    assert pending == sorted(s["units_committed"]) and s["rows_scored"] == ran["rows_pending"] == len(rows)
+
+    write_input(spark, inp, rows_for("toys", 300, 7), mode="append")
+    r = run_job({"input": inp, "output": out, "model": tiny_bert}, spark=spark)
+    assert r.exit_code == 0 and len(plan_calls) == 3, r.error
+    assert r.units_committed == ["category=toys"] and r.plan["units_new"] == 1 and r.plan["units_done"] == 3

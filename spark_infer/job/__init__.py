@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pyspark.sql import SparkSession
 
 from spark_infer.config import JobConfig
-from spark_infer.errors import NeedsSparkSession
+from spark_infer.errors import ConfigError, NeedsSparkSession
 from spark_infer.inputs import InputUnit
 from spark_infer.job.checks import check_units, check_workers
 from spark_infer.job.commit import GroupCommitter
@@ -133,6 +133,9 @@ class ScoringJob:
         """Every pending unit scored, checked and committed, group by group; orphans removed."""
         cfg, session, planned = self.cfg, self.session, self.planned
         p, shape, sink = planned.plan, planned.shape, session.sink
+        refusal = p.mass_delete_refusal()  # before anything is written: exit 2
+        if refusal:
+            raise ConfigError(refusal)
         res = cfg.resources
         # the GPUs a scoring task asks for: gpus_per_task, else what the cluster's GPUs need (resources.plan_devices)
         profile = scoring_profile(session.caps, self.devices.gpus_per_task, res.cpus_per_task)  # fails before any write

@@ -77,7 +77,9 @@ class Planner:
             pending, done, stale, orphaned = decide(
                 units, committed, self.spec.fingerprint, cfg.commit.on_model_change, cfg.commit.rescore_errors)
             plan = Plan(tuple(shape.unit_cols), shape.bucketed, inp.version, pending, done, stale, orphaned,
-                        delete_orphans=cfg.commit.on_orphan == "delete")
+                        delete_orphans=cfg.commit.on_orphan == "delete",
+                        max_orphan_share=cfg.commit.max_orphan_share,
+                        allow_mass_delete=cfg.commit.allow_mass_delete)
         self.summary.plan = plan.counts()
         self.summary.durations_s["plan"] = round(time.monotonic() - t0, 3)
         session.count_jobs("plan")
