@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 from spark_infer.errors import ConfigError
 from spark_infer.log import install_stderr_handler, render_message
-from spark_infer.run import ExitCode, execute
+from spark_infer.run import STOP_TIMEOUT_S, ExitCode, execute
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -131,7 +132,8 @@ def run_score(argv: list[str]) -> int:
 
     install_stderr_handler(logging.INFO)
     ns = score_parser().parse_args(argv)
-    summary = execute(lambda: build_config(ns.config, overrides_from(ns)), relaunch_argv=argv, print_plan=True)
+    summary = execute(lambda: build_config(ns.config, overrides_from(ns)), relaunch_argv=argv, print_plan=True,
+                      stop_timeout_s=STOP_TIMEOUT_S)
     return int(summary.exit_code if summary.exit_code is not None else ExitCode.ERROR)
 
 
@@ -165,7 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     elif argv and not argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         print(render_message(f"error: unknown command {argv[0]!r}; use 'score' or 'demo'"), file=sys.stderr)
         return ExitCode.CONFIG
-    return run_score(argv)
+    code = run_score(argv)
+    if code == ExitCode.INTERRUPTED:
+        # a stop (preemption notice): the record is written, end now; the interpreter's teardown of
+        # torch and of the session's Python side would take seconds of the notice
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,10 @@ class NeedsSparkSession(SparkInferError, RuntimeError):
     the session and validate again. Not a ValueError, so that option validation passes it on as is."""
 
 
+class RunStopped(SparkInferError, RuntimeError):
+    """A stop request (SIGTERM/SIGINT) met a stage boundary: the run ends as interrupted (exit 5)."""
+
+
 class ModelMismatchError(SparkInferError, RuntimeError):
     """A worker loaded a model other than the one the driver fingerprinted (the task fails)."""
 

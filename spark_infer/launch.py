@@ -7,14 +7,21 @@ from $SPARK_INFER_DELTA_JARS / `delta_jars`), then exits with its exit code.
 
 The confs travel in a properties file only this user can read, never on the child's command line,
 where `ps` would show every secret that spark-defaults.conf holds.
+
+A SIGTERM/SIGINT to this process while the relaunched job runs is passed on to the relaunched job's
+Python driver (or, while its JVM is still starting, to the child), and this process exits with the
+child's code (5 where the signal ended it).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 from spark_infer.delta_jars import delta_flags
 from spark_infer.log import event
@@ -102,6 +109,124 @@ def relaunch_with_delta(caps: SessionCapabilities, args: list[str], delta_jars: 
         for k in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET"):
             env.pop(k, None)
         event("relaunch", reason="delta_missing", flags=" ".join(delta_flags(delta_jars)))
-        return subprocess.call(cmd, env=env)
+        return run_forwarding_signals(cmd, env, os.path.abspath(sys.argv[0]))
     finally:
         os.unlink(props)
+
+
+#: after a forwarded stop, how long the child has before it and its descendants are killed
+FORWARD_KILL_AFTER_S = 15.0
+
+
+def run_forwarding_signals(cmd: list[str], env: dict[str, str] | None, script: str) -> int:
+    """Run `cmd` to its end and return its exit code; SIGTERM/SIGINT meanwhile go on to the child.
+
+    The child stays in this process group (a signal to the whole group reaches it as before, and it
+    dies with the group). A signal to this process alone goes to the descendant running `script` (the
+    relaunched job's Python driver: it stops, writes its record, and spark-submit exits with its code)
+    or, before that driver exists, to the child itself. A child ended by the signal gives 5.
+    """
+    children: list[subprocess.Popen] = []
+    forwarded: list[float] = []  # when each signal was passed on
+
+    def forward(signum: int, frame: object) -> None:  # noqa: ARG001 - the signal handler: os.kill only
+        forwarded.append(time.monotonic())
+        if not children:
+            return  # not started yet: it gets SIGTERM once it is
+        targets = [p for p in descendants(children[0].pid) if script in _cmdline(p)] or [children[0].pid]
+        for pid in targets:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, forward)
+    try:
+        child = subprocess.Popen(cmd, env=env)
+        children.append(child)
+        if forwarded:
+            child.terminate()
+        while True:
+            try:
+                code = child.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if forwarded and time.monotonic() - forwarded[0] > FORWARD_KILL_AFTER_S:
+                end_children(only=child.pid)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if forwarded and (code < 0 or code >= 128):
+        return 5  # spark_infer.run.ExitCode.INTERRUPTED: ended by the signal before the driver could say so
+    return code
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, parents first (from /proc; [] where there is none)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # the name may hold spaces and parentheses
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for c in children.get(todo.pop(0), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def end_children(only: int | None = None, grace_s: float = 1.0) -> None:
+    """SIGTERM this process's descendants (or `only` and its descendants), SIGKILL what is left after
+    `grace_s`: a stop that cannot wait orphans nothing (a JVM still starting, its workers)."""
+    pids = ([only] + descendants(only)) if only is not None else descendants(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive or sig == signal.SIGKILL:
+            return
+        end = time.monotonic() + grace_s
+        while time.monotonic() < end and any(_alive(p) for p in alive):
+            time.sleep(0.05)
+        pids = [p for p in alive if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] != b"Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import queue
 import signal
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from spark_infer.config import JobConfig, build_config
-from spark_infer.errors import ConcurrentRunError, ConfigError, DeltaMissing
+from spark_infer.errors import ConcurrentRunError, ConfigError, DeltaMissing, RunStopped
 from spark_infer.log import event, logger, render_message
 from spark_infer.redact import redact
 from spark_infer.report import RunSummary, format_plan
@@ -53,6 +54,13 @@ class ExitCode(IntEnum):
 
 #: plan lines printed before a run (all of them with --dry-run)
 PLAN_LINES = 50
+
+#: the command line's bound on a stop: a run that has not reached a stopping point this many seconds
+#: after SIGTERM writes its record and exits 5 without waiting (preemption notices give ~30 s)
+STOP_TIMEOUT_S = 6.0
+#: how often the watcher cancels the run's job tag again while a stop is under way (a Spark job
+#: started just as the stop was requested)
+_RECANCEL_S = 1.0
 
 
 def run_job(
@@ -89,36 +97,49 @@ def execute(
     sink: OutputTable | None = None,
     relaunch_argv: list[str] | None = None,
     print_plan: bool = False,
+    stop_timeout_s: float | None = None,
 ) -> RunSummary:
     """Run one job from a config factory; every exit path goes through here.
 
     `relaunch_argv` (the command line's arguments) lets a spark-submit run without Delta restart
     itself with Delta's package; `print_plan` prints the plan on stdout (the command line's view).
+    `stop_timeout_s` (the command line's, never a notebook's): after SIGTERM/SIGINT, a run that has
+    not stopped within this many seconds writes its JSON record and ends the process with exit 5.
     """
     t_start = time.monotonic()
     job: ScoringJob | None = None
+    stop = threading.Event()
+    watcher = _StopWatcher(stop, stop_timeout_s, t_start)
     previous: dict[int, Any] = {}
 
-    def on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
-        event("signal", name=signal.Signals(signum).name, action="stop_after_inflight_units_abandoned")
-        if job is None:
-            raise KeyboardInterrupt
-        job.request_stop()
+    def own_signals() -> None:
+        # a classic SparkContext started on the main thread installs its own SIGINT handler (a Py4J
+        # call inside the handler): ours again, once the session is up
+        for sig in previous:
+            if signal.getsignal(sig) != watcher.on_signal:
+                signal.signal(sig, watcher.on_signal)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
+            previous[sig] = signal.signal(sig, watcher.on_signal)
+        watcher.start()
     try:
         cfg = make_config()
         from spark_infer.job import ScoringJob
 
         job = ScoringJob(cfg, spark, sink)
+        job.stop_requested = job.session.stop = stop
+        watcher.job = job
         event("run_start", run_id=job.run_id, job=cfg.job_name, task=cfg.task, input=cfg.input.table,
               output=cfg.output.table)
         try:
             job.resolve_model()
+            own_signals()
             job.make_plan()
+            own_signals()
         except DeltaMissing:
+            if stop.is_set():
+                raise RunStopped("stopped by signal before the relaunch with Delta") from None
             relaunched = _relaunch(job, relaunch_argv)
             if relaunched is not None:
                 job.summary.status, job.summary.exit_code = "relaunched", relaunched
@@ -129,6 +150,7 @@ def execute(
                   flush=True)
         if cfg.dry_run:
             return _finish(job.summary, ExitCode.OK, "dry_run")
+        job.session.check_stop("score_commit")
         job.run()
         s = job.summary
         if job.stop_requested.is_set():
@@ -138,10 +160,11 @@ def execute(
             s.error = "; ".join(f"{k}: {v}" for k, v in list(s.units_failed.items())[:5])
             return _finish(s, ExitCode.PARTIAL, "partial")
         return _finish(s, ExitCode.OK, "succeeded")
-    except KeyboardInterrupt:
-        _error_line("interrupted before the job started")
+    except (KeyboardInterrupt, RunStopped) as exc:
+        _error_line(str(exc) if isinstance(exc, RunStopped) else "interrupted before the job started")
         if job is None:
             return RunSummary(run_id="", job_name="", status="interrupted", exit_code=ExitCode.INTERRUPTED)
+        job.summary.error = "stopped by signal; committed units are kept, rerun to continue"
         return _finish(job.summary, ExitCode.INTERRUPTED, "interrupted")
     except (ConfigError, DeltaMissing) as exc:
         msg = str(exc) if isinstance(exc, ConfigError) else _delta_missing_message(job)
@@ -153,7 +176,7 @@ def execute(
         return _finish(job.summary, ExitCode.CONFIG, "config_error")
     except Exception as exc:  # noqa: BLE001 - every failure still leaves its record
         code = ExitCode.CONCURRENT if isinstance(exc, ConcurrentRunError) else ExitCode.ERROR
-        if job is not None and job.stop_requested.is_set():
+        if stop.is_set():  # a Spark call ended by the stop's cancellation
             code = ExitCode.INTERRUPTED
         _error_line(f"{type(exc).__name__}: {exc}")
         if code == ExitCode.ERROR:
@@ -161,13 +184,15 @@ def execute(
         if job is None:
             return RunSummary(run_id="", job_name="", status="failed", exit_code=code, error=redact(str(exc))[:4000])
         job.summary.error = str(exc)[:4000]
-        return _finish(job.summary, code, "failed")
+        return _finish(job.summary, code, "interrupted" if code == ExitCode.INTERRUPTED else "failed")
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        watcher.recording.set()  # the stop's cancellation is over: the record's own Spark write runs
         if job is not None and job.summary.exit_code is not None and job.summary.status != "relaunched":
             job.summary.durations_s["total"] = round(time.monotonic() - t_start, 3)
-            _record(job)
+            _record(job, watcher)
+        watcher.finish()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _finish(summary: RunSummary, code: ExitCode, status: str) -> RunSummary:
@@ -202,8 +227,8 @@ def _relaunch(job: ScoringJob, argv: list[str] | None) -> int | None:
     return relaunch_with_delta(caps, argv, job.cfg.resources.delta_jars)
 
 
-def _record(job: ScoringJob) -> None:
-    """Write the run record (JSON file, and a row beside the output) and the closing line."""
+def _write_json(job: ScoringJob) -> str:
+    """The run record's JSON file; its path, or "" when it could not be written."""
     s = job.summary
     s.ended_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     path = job.cfg.report.summary_json or os.path.join(
@@ -216,6 +241,17 @@ def _record(job: ScoringJob) -> None:
     except OSError as exc:
         event("warning", what="run_record_json_not_written", path=path, error=str(exc))
         path = ""
+    return path
+
+
+def _record(job: ScoringJob, watcher: _StopWatcher) -> None:
+    """Write the run record (JSON file, and a row beside the output) and the closing line."""
+    s = job.summary
+    with watcher.json_lock:  # the watcher may be writing a stop's record (see _StopWatcher)
+        if watcher.json_written:
+            return
+        path = _write_json(job)
+        watcher.json_written = True
     runs_table = ""
     if job.cfg.report.record_runs and s.status not in ("config_error", "dry_run") and job.sink is not None:
         runs_table = job.cfg.runs_table_ref
@@ -231,3 +267,85 @@ def _record(job: ScoringJob) -> None:
           units_abandoned=len(s.units_abandoned), units_skipped=s.plan.get("units_done", 0),
           rows_scored=s.rows_scored, rows_per_s=rows_s, output=s.output,
           output_version=s.output_version_after, summary_json=path, runs_table=runs_table)
+
+
+class _StopWatcher:
+    """SIGTERM/SIGINT. The handler only queues the signal (no Py4J or Spark Connect call, no lock: a
+    signal handler runs between two bytecodes of the main thread, which may be inside a Py4J call);
+    this thread then sets the run's stop flag (checked at every stage boundary and before each group)
+    and cancels the run's job tag, which ends the Spark jobs in flight, including a blocking stage's,
+    again every second while the run stops (a job started just as the flag was set).
+
+    With `timeout_s` (the command line): a run that has not stopped by then (a JVM still starting, a
+    model download, a driver-side read) gets its JSON record written here, its child processes (the
+    JVM being started) ended, and the process exits 5 without waiting for it.
+    """
+
+    def __init__(self, stop: threading.Event, timeout_s: float | None, t_start: float) -> None:
+        self.stop, self.timeout_s, self.t_start = stop, timeout_s, t_start
+        self.job: ScoringJob | None = None
+        self.recording = threading.Event()
+        self.json_lock = threading.Lock()
+        self.json_written = False
+        self._signals: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # put() is reentrant
+        self._thread = threading.Thread(target=self._watch, name="spark-infer-stop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def on_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - the signal handler
+        self._signals.put(signum)
+
+    def finish(self) -> None:
+        self._signals.put(None)
+
+    def _watch(self) -> None:
+        signum = self._signals.get()
+        if signum is None:
+            return
+        t_signal = time.monotonic()
+        self.stop.set()
+        event("signal", name=signal.Signals(signum).name, action="stop_after_inflight_units_abandoned")
+        while True:
+            job = self.job
+            if job is not None and not self.recording.is_set():
+                job.session.cancel()  # the run's job tag: its Spark jobs in flight end now
+            wait = _RECANCEL_S
+            if self.timeout_s is not None:
+                left = t_signal + self.timeout_s + (2.0 if self.recording.is_set() else 0.0) - time.monotonic()
+                if left <= 0:
+                    self._exit_now(signum)
+                wait = min(wait, left)
+            try:
+                if self._signals.get(timeout=wait) is None:
+                    return
+            except queue.Empty:
+                pass
+
+    def _exit_now(self, signum: int) -> None:
+        """The run did not stop in time: its record, its children, exit 5 (the process ends here)."""
+        job = self.job
+        if job is not None and self.json_lock.acquire(timeout=1.0):
+            if not self.json_written:
+                s = job.summary
+                s.exit_code, s.status = int(ExitCode.INTERRUPTED), "interrupted"
+                s.error = (f"stopped by {signal.Signals(signum).name}: the run had not stopped {self.timeout_s:g} s "
+                           f"later (in {job.session.where}); the process exited without waiting for it")
+                s.durations_s["total"] = round(time.monotonic() - self.t_start, 3)
+                path = ""
+                for _ in range(3):  # the main thread may be changing the summary meanwhile
+                    try:
+                        path = _write_json(job)
+                        break
+                    except RuntimeError:
+                        time.sleep(0.05)
+                self.json_written = True
+                event("run_end", run_id=s.run_id, status=s.status, exit_code=s.exit_code,
+                      units_committed=len(s.units_committed), stopped_in=job.session.where, summary_json=path)
+        _error_line("stopped by signal without waiting for the run's current stage; rerun to continue")
+        from spark_infer.launch import end_children
+
+        end_children(grace_s=0.5)  # a JVM being started (the JVM of a started session also ends with its stdin)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(ExitCode.INTERRUPTED))

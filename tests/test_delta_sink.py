@@ -154,3 +154,57 @@ def test_conflicts_over_spark_connect(spark, connect_url, tmp_path):
     assert "delta.connect.exceptions.ConcurrentTransactionException" in mro and conflict
     condition, conflict = got["ordinary"]
     assert condition and not condition.startswith("DELTA_CONCURRENT") and not conflict
+
+
+def _units_table(spark, path: str, n: int) -> None:
+    spark.createDataFrame([(i, f"u{i}", "t") for i in range(n)], SCHEMA).write.format("delta") \
+        .partitionBy("category").save(path)
+
+
+def test_each_commit_is_verified_from_the_commits_since_it_started(spark, tmp_path, monkeypatch):
+    """Per-group bookkeeping is constant in the groups already committed: the log is opened once and
+    brought up to date incrementally, and only the commits since a write began are searched for it
+    (before: a full reopen and the history back to the plan, per group: quadratic over a run)."""
+    from deltalake import DeltaTable
+
+    import spark_infer.sinks.delta as delta_sink
+    from spark_infer.sinks.delta import DeltaOutput
+
+    path = str(tmp_path / "out")
+    _units_table(spark, path, 12)
+    opened, searched = [], []
+    real_open, real_history = delta_sink.open_log, DeltaTable.history
+    monkeypatch.setattr(delta_sink, "open_log", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    monkeypatch.setattr(DeltaTable, "history", lambda self, limit=None: searched.append(limit) or
+                        real_history(self, limit))
+    sink = DeltaOutput(spark, path)
+    df = spark.read.format("delta").load(path)
+    versions = [sink.write_units(df.where(f"category = 'u{i}'"), f"category = 'u{i}'", f"u{i}", 0, "run-1")
+                for i in range(12)]
+    assert versions == list(range(1, 13))
+    assert len(opened) == 1, opened
+    assert max(searched) <= 2, searched  # the commits since each write began, not since the plan
+
+
+def test_without_a_log_reader_a_runs_own_commits_are_not_another_run(spark, tmp_path, monkeypatch):
+    """On the Spark fallback, a write of ours that did not land is an error of its own, not a
+    concurrent run (before: any commit since the plan, the run's own earlier groups included, was
+    taken for another run); another run's commit of the same units is one."""
+    from spark_infer.errors import ConcurrentRunError
+    from spark_infer.sinks.delta import DeltaOutput
+
+    monkeypatch.setenv("SPARK_INFER_READ_DELTA_LOG", "0")
+    path = str(tmp_path / "out")
+    _units_table(spark, path, 3)
+    sink = DeltaOutput(spark, path)
+    df = spark.read.format("delta").load(path)
+    for i in (0, 1):  # this run's earlier groups
+        sink.write_units(df.where(f"category = 'u{i}'"), f"category = 'u{i}'", f"u{i}", 0, "run-1")
+    app = sink.app_id("u2")
+    mine = json.dumps({"spark_infer_run": "run-1", "app": app}, separators=(",", ":"))
+    with pytest.raises(RuntimeError, match="did not commit") as err:
+        sink._verify(app, mine, 2, 0, "u2", "run-1")  # a write of u2 that never landed
+    assert not isinstance(err.value, ConcurrentRunError)
+    sink.write_units(df.where("category = 'u2'"), "category = 'u2'", "u2", 0, "run-2")  # another run
+    with pytest.raises(ConcurrentRunError):
+        sink._verify(app, mine, 2, 0, "u2", "run-1")

@@ -85,6 +85,16 @@ def test_incremental_job_from_a_client_that_cannot_see_the_storage(spark, connec
     res = spark.read.format("delta").load(out)
     assert res.count() == len(rows) + 5 == res.select("id").distinct().count()
 
+    # a compaction of the input: hashed once, found unchanged, its new files recorded through the session
+    spark.sql(f"OPTIMIZE delta.`{inp}`")
+    s4 = score("compacted")
+    assert s4["units_committed"] == [] and s4["plan"]["units_done"] == 4, s4["plan"]
+    assert delta_versions(out)[-1] == version + 1
+    recorded = delta_versions(out + "_unit_files")[-1]
+    assert spark.read.format("delta").load(out + "_unit_files").count() > 0  # the units OPTIMIZE rewrote
+    s5 = score("noop2")  # the records read through the session: nothing hashed, so nothing recorded again
+    assert s5["units_committed"] == [] and delta_versions(out + "_unit_files")[-1] == recorded
+
 
 def test_a_foreign_table_the_client_cannot_see_is_refused_untouched(spark, connect_url, lake, tiny_bert, tmp_path):
     folder, inp, _, _ = lake

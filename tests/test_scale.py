@@ -36,6 +36,93 @@ def test_a_compaction_of_the_input_rescores_nothing(spark, tmp_path, tiny_bert):
     assert delta_versions(out)[-1] == version  # ... and found unchanged: nothing written
 
 
+def _counting_hashes(monkeypatch) -> list[list]:
+    """The units each content hash of the planner was asked for (an observation: the real function runs)."""
+    from spark_infer.job import planner
+
+    asked: list[list] = []
+    real = planner.content_states
+
+    def counted(df, columns, hashed, keys=None):
+        if keys is None or keys:
+            asked.append(sorted(keys or [("*",)]))
+        return real(df, columns, hashed, keys)
+
+    monkeypatch.setattr(planner, "content_states", counted)
+    return asked
+
+
+def test_a_no_op_run_after_a_compaction_reads_no_input_rows(spark, tmp_path, tiny_bert, monkeypatch):
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    cats = ["books", "toys", "garden", "music"]
+    for k in range(2):  # two appends: two small files per partition
+        rows = [r for j, c in enumerate(cats) for r in rows_for(c, 1000 * j + 100 * k, 2)]
+        spark.createDataFrame(rows, SCHEMA).write.format("delta").mode("append").partitionBy("category").save(inp)
+    cfg = {"input": inp, "output": out, "model": tiny_bert}
+    assert run_job(cfg).exit_code == 0
+    spark.sql(f"OPTIMIZE delta.`{inp}`")  # every unit's files change, no row does
+    version = delta_versions(out)[-1]
+    hashed = _counting_hashes(monkeypatch)
+    again = run_job(cfg)
+    assert again.exit_code == 0 and again.units_committed == [] and again.plan["units_done"] == 4
+    assert len(hashed) == 1 and len(hashed[0]) == 4 and again.spark_jobs["plan"] > 0  # hashed once ...
+    assert delta_versions(out)[-1] == version  # ... found unchanged: no output row rewritten ...
+    records = DeltaTable(out + "_unit_files")
+    assert records.to_pyarrow_table().num_rows == 4  # ... and their new files recorded beside the output
+    recorded = records.version()
+    hashed.clear()
+    third = run_job(cfg)
+    assert third.exit_code == 0 and third.units_committed == [] and third.plan["units_done"] == 4
+    assert hashed == [] and third.spark_jobs["plan"] == 0  # planned from the logs: no input row read
+    assert delta_versions(out)[-1] == version and DeltaTable(out + "_unit_files").version() == recorded
+
+
+def test_a_recorded_compaction_never_hides_a_change(spark, tmp_path, tiny_bert, monkeypatch):
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    for k in range(2):
+        rows = rows_for("books", 100 * k, 3) + rows_for("toys", 1000 + 100 * k, 2)
+        spark.createDataFrame(rows, SCHEMA).write.format("delta").mode("append").partitionBy("category").save(inp)
+    cfg = {"input": inp, "output": out, "model": tiny_bert}
+    assert run_job(cfg).exit_code == 0
+    spark.sql(f"OPTIMIZE delta.`{inp}`")
+    compacted = delta_versions(inp)[-1]
+    dry = run_job({**cfg, "dry_run": True})
+    assert dry.exit_code == 0 and dry.plan["units_done"] == 2
+    assert not os.path.exists(out + "_unit_files")  # a dry run writes nothing
+    assert run_job(cfg).units_committed == []
+    assert DeltaTable(out + "_unit_files").to_pyarrow_table().num_rows == 2  # both compactions recorded
+    # a real change after the compaction (same row count, other text): rescored; toys read from no row
+    spark.createDataFrame(rows_for("books", 0, 6, variant="v2"), SCHEMA).write.format("delta") \
+        .mode("overwrite").option("replaceWhere", "category = 'books'").save(inp)
+    hashed = _counting_hashes(monkeypatch)
+    changed = run_job(cfg)
+    assert changed.units_committed == ["category=books"] and changed.plan["units_changed"] == 1
+    assert [len(h) for h in hashed] == [1]
+    # back to the compacted files: their record maps them to the content books no longer has as output
+    spark.sql(f"RESTORE TABLE delta.`{inp}` TO VERSION AS OF {compacted}")
+    back = run_job(cfg)
+    assert back.units_committed == ["category=books"] and back.plan["units_changed"] == 1
+    ids = {r.id for r in spark.read.format("delta").load(out).where("category = 'books'").collect()}
+    assert ids == {0, 1, 2, 100, 101, 102}  # the restored rows' outputs
+
+
+@pytest.mark.slow
+def test_a_no_op_run_after_a_compaction_of_a_bucketed_input_reads_no_rows(spark, tmp_path, tiny_bert, monkeypatch):
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    for k in range(2):
+        spark.createDataFrame(rows_for("books", 100 * k, 6), SCHEMA).write.format("delta").mode("append").save(inp)
+    cfg = {"input": inp, "output": out, "model": tiny_bert, "buckets": 3}
+    first = run_job(cfg)
+    assert first.exit_code == 0
+    spark.sql(f"OPTIMIZE delta.`{inp}`")
+    hashed = _counting_hashes(monkeypatch)
+    again = run_job(cfg)  # the all-files state changed: every bucket hashed, found unchanged, recorded
+    assert again.units_committed == [] and again.plan["units_done"] == first.plan["units_total"] and hashed
+    hashed.clear()
+    third = run_job(cfg)
+    assert third.units_committed == [] and hashed == [] and third.spark_jobs["plan"] == 0
+
+
 def test_small_units_share_one_commit_and_each_keeps_its_own_state(spark, tmp_path, tiny_bert):
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     cats = [f"c{k:02d}" for k in range(12)]

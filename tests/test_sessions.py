@@ -170,3 +170,37 @@ def test_verbose_is_asked_by_env_or_debug_logging(monkeypatch):
         assert delta_jars.verbose()
     finally:
         logger.setLevel(before)
+
+
+@pytest.mark.parametrize("driver_started", [True, False])
+def test_a_relaunch_passes_sigterm_on_to_the_job_and_exits_with_its_code(tmp_path, driver_started):
+    """SIGTERM to the process that relaunched the job (under spark-submit) reaches the relaunched job's
+    Python driver (below spark-submit's JVM: here a shell), whose exit code comes back; before that
+    driver exists, the child itself is stopped and the code is 5."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from jobutil import ROOT, kill_group, wait_for
+
+    script = tmp_path / "score.py"
+    marker = tmp_path / "got-sigterm"
+    script.write_text(
+        "import signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(5)))\n"
+        f"open({str(tmp_path / 'ready')!r}, 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    inner = f"{sys.executable} {script}" if driver_started else f"touch {tmp_path / 'ready'}; sleep 60"
+    wrapper = ("import sys\nfrom spark_infer.launch import run_forwarding_signals\n"
+               f"sys.exit(run_forwarding_signals(['sh', '-c', {inner + '; exit $?'!r}], None, {str(script)!r}))\n")
+    proc = subprocess.Popen([sys.executable, "-c", wrapper], cwd=ROOT, start_new_session=True)
+    try:
+        assert wait_for(lambda: (tmp_path / "ready").exists(), timeout=30)
+        time.sleep(0.3)  # the wrapper's handlers are installed before the child starts
+        os.kill(proc.pid, signal.SIGTERM)  # this process alone, not its group
+        assert proc.wait(timeout=10) == 5
+    finally:
+        kill_group(proc)
+    assert marker.exists() == driver_started

@@ -46,7 +46,7 @@ from spark_infer.plan import Plan, make_groups
 from spark_infer.report import RunSummary
 from spark_infer.resources import DevicePlan, scoring_profile
 from spark_infer.runtime.spec import ModelSpec, make_spec
-from spark_infer.sinks import OutputTable
+from spark_infer.sinks import OutputTable, RecordsUnitFiles
 
 __all__ = ["Plan", "ScoringJob"]
 
@@ -69,7 +69,8 @@ class ScoringJob:
         self.summary.started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.stop_requested = threading.Event()
         #: every Spark job of this run carries this tag (what a stop cancels)
-        self.session = JobSession(cfg, f"spark-infer-{self.run_id}", self.summary, spark, sink)
+        self.session = JobSession(cfg, f"spark-infer-{self.run_id}", self.summary, spark, sink,
+                                  stop=self.stop_requested)
         self.spec: ModelSpec | None = None
         self.devices: DevicePlan | None = None
         self.planned: Planned | None = None
@@ -102,6 +103,7 @@ class ScoringJob:
     def resolve_model(self) -> ModelSpec:
         """Task, options and model checked, resolved and fingerprinted before Spark starts."""
         if self.spec is None:
+            self.session.check_stop("model_resolution")
             t0 = time.monotonic()
             cfg = self.cfg
             for path in cfg.resources.py_files:  # the driver imports a custom predictor from them too
@@ -118,6 +120,7 @@ class ScoringJob:
                 self.session.open()
                 spec_any = spec()
             self.summary.durations_s["fingerprint"] = round(time.monotonic() - t0, 3)
+            self.session.check_stop("device_placement")
             # where the workers score and in which precision: part of the fingerprint (outputs differ by both)
             self.spec, self.devices = place(cfg, spec_any, self.session, self.summary)
             self.summary.model = self.spec.reference
@@ -126,6 +129,7 @@ class ScoringJob:
 
     def make_plan(self) -> Plan:
         if self.planned is None:
+            self.session.check_stop("plan")
             self.planned = Planner(self.cfg, self.resolve_model(), self.session, self.summary).plan()
         return self.planned.plan
 
@@ -133,6 +137,7 @@ class ScoringJob:
         """Every pending unit scored, checked and committed, group by group; orphans removed."""
         cfg, session, planned = self.cfg, self.session, self.planned
         p, shape, sink = planned.plan, planned.shape, session.sink
+        session.check_stop("score_commit")
         refusal = p.mass_delete_refusal()  # before anything is written: exit 2
         if refusal:
             raise ConfigError(refusal)
@@ -144,6 +149,9 @@ class ScoringJob:
         with session.stage("score_commit"):
             sink.ensure(shape.schema, shape.unit_cols, shape.layout)
             base_version = sink.version()
+            if planned.files_learned and isinstance(sink, RecordsUnitFiles) and not self.stop_requested.is_set():
+                # units compacted, not changed: one small commit beside the output, no output row rewritten
+                sink.record_files(planned.files_learned, self.run_id)
         if self.summary.output_version_before is None:
             self.summary.output_version_before = base_version
         session.set_conf("spark.sql.files.maxRecordsPerFile", str(cfg.output.rows_per_file))

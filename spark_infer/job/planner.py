@@ -4,28 +4,39 @@ The input is pinned at one version from its Delta log (delta-rs, no Spark job) w
 through Spark. A unit whose files are the ones its output rows were scored from is unchanged without
 reading a row; only units whose files changed (a compaction, an update) are content-hashed. The
 decisions themselves are `plan.decide`, pure.
+
+A unit whose files changed but whose content did not (a compaction) is recorded after planning in the
+output's unit-files records (`sinks.RecordsUnitFiles`, where the sink keeps them): its new files state
+maps to the content state its rows were scored from, so the next run finds it unchanged without
+reading a row. A record is used only when its files state is the unit's current one and its content
+state the one the output's rows record; anything else is hashed as before.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from spark_infer.inputs import InputTable, InputUnit, content_states
 from spark_infer.job.fit import check_fits_udf_memory
 from spark_infer.job.shape import JobShape, shape_of
 from spark_infer.plan import Plan, bucket_expr, decide
+from spark_infer.sinks import FilesRecord, RecordsUnitFiles
+from spark_infer.units import key_json
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from pyspark.sql import DataFrame
 
     from spark_infer.config import JobConfig
     from spark_infer.job.session import JobSession
     from spark_infer.report import RunSummary
     from spark_infer.runtime.spec import ModelSpec
-    from spark_infer.sinks import Committed
-    from spark_infer.units import UnitKey
+    from spark_infer.sinks import Committed, OutputTable
+    from spark_infer.units import UnitColumn, UnitKey
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,8 @@ class Planned:
     plan: Plan
     shape: JobShape
     input_df: DataFrame
+    #: units done (or kept) whose files changed but not their content: what the run records
+    files_learned: tuple[FilesRecord, ...] = field(default=())
 
 
 class Planner:
@@ -73,7 +86,8 @@ class Planner:
                 sink.check_compatible(shape.schema, shape.unit_cols, shape.layout)
                 self.summary.output_version_before = sink.version()
                 committed = sink.committed_units(shape.unit_cols)
-            units = self._input_units(shape, df, committed)
+            known = _KnownFiles(sink, shape.unit_cols, shape.hashed)
+            units = self._input_units(shape, df, committed, known)
             pending, done, stale, orphaned = decide(
                 units, committed, self.spec.fingerprint, cfg.commit.on_model_change, cfg.commit.rescore_errors)
             plan = Plan(tuple(shape.unit_cols), shape.bucketed, inp.version, pending, done, stale, orphaned,
@@ -83,10 +97,12 @@ class Planner:
         self.summary.plan = plan.counts()
         self.summary.durations_s["plan"] = round(time.monotonic() - t0, 3)
         session.count_jobs("plan")
-        return Planned(plan, shape, df)
+        settled = {u.key for u in (*plan.done, *plan.stale_model)}
+        return Planned(plan, shape, df, tuple(r for k, r in known.learned.items() if k in settled))
 
-    def _input_units(self, shape: JobShape, df: DataFrame, committed: dict[UnitKey, Committed]) -> list[InputUnit]:
-        """The input's units with their states, reading rows only where the log cannot tell."""
+    def _input_units(self, shape: JobShape, df: DataFrame, committed: dict[UnitKey, Committed],
+                     seen: _KnownFiles) -> list[InputUnit]:
+        """The input's units with their states, reading rows only where the logs cannot tell."""
         cols = shape.unit_cols
         spark = self.session.spark
         by_unit = self.input.files_by_unit(cols, spark) if not shape.bucketed else None
@@ -95,19 +111,57 @@ class Planner:
             need = []
             for key, files in by_unit.items():
                 c = committed.get(key)
-                if c is not None and c.files == files.state and c.rows == files.rows:
+                if c is not None and c.rows == files.rows and (
+                        c.files == files.state or seen.holds(key, files.state, c.rows, c.state)):
                     known[key] = InputUnit(key, files.rows, c.state, files.state)
                 elif c is not None:
                     need.append(key)  # its files changed: did its rows? (a compaction rewrites files only)
                 elif files.rows:
                     known[key] = InputUnit(key, files.rows, None, files.state)  # new: state computed when scored
             for key, (rows, state) in content_states(df, cols, shape.hashed, need).items():
-                known[key] = InputUnit(key, rows, state, by_unit[key].state if key in by_unit else None)
+                known[key] = seen.learn(InputUnit(key, rows, state, by_unit[key].state if key in by_unit else None),
+                                        committed.get(key))
             return list(known.values())
+        # units that are not partitions (id buckets) can be in any file: the all-files state is compared
         everything = self.input.all_files(spark)
         files = everything.state if everything is not None else None
-        if (files is not None and committed and all(c.files == files for c in committed.values())
-                and sum(c.rows for c in committed.values()) == everything.rows):
-            # nothing changed since every unit was scored from these very files
+        if (files is not None and committed and sum(c.rows for c in committed.values()) == everything.rows
+                and all(c.files == files or seen.holds(k, files, c.rows, c.state) for k, c in committed.items())):
+            # nothing changed since every unit was scored from these very files (or their compaction)
             return [InputUnit(k, c.rows, c.state, files) for k, c in committed.items()]
-        return [InputUnit(k, n, s, files) for k, (n, s) in content_states(df, cols, shape.hashed).items()]
+        return [seen.learn(InputUnit(k, n, s, files), committed.get(k))
+                for k, (n, s) in content_states(df, cols, shape.hashed).items()]
+
+
+class _KnownFiles:
+    """The sink's unit-files records (read once, when a unit's files changed), and what this plan
+    learns for them: a unit hashed to the content state its output rows record, from other files."""
+
+    def __init__(self, sink: OutputTable | None, columns: Sequence[UnitColumn], hashed: Sequence[str]) -> None:
+        self.sink = sink if isinstance(sink, RecordsUnitFiles) else None
+        self.columns = columns
+        self.hashed = json.dumps(list(hashed), separators=(",", ":"), ensure_ascii=False)
+        self._records: dict[tuple[str, str], set[tuple[int, str]]] | None = None
+        self.learned: dict[UnitKey, FilesRecord] = {}
+
+    def holds(self, key: UnitKey, files: str | None, rows: int, state: str | None) -> bool:
+        """True when a record says the files `files` of unit `key` hold `rows` rows of content `state`
+        (hashed over this job's columns): those files hold what the unit's rows were scored from."""
+        if self.sink is None or files is None or state is None:
+            return False
+        if self._records is None:
+            self._records = {}
+            for r in self.sink.files_records() or ():
+                if r.hashed == self.hashed:
+                    self._records.setdefault((r.unit, r.files), set()).add((r.rows, r.state))
+        # two different records for one files state (impossible but for a bug) are trusted for neither
+        return self._records.get((key_json(self.columns, key), files)) == {(rows, state)}
+
+    def learn(self, unit: InputUnit, c: Committed | None) -> InputUnit:
+        """Note `unit` (just hashed) when it holds what its output rows were scored from, but in files
+        its rows do not name."""
+        if (self.sink is not None and c is not None and unit.files is not None and unit.state is not None
+                and unit.state == c.state and unit.rows == c.rows and unit.files != c.files):
+            self.learned[unit.key] = FilesRecord(key_json(self.columns, unit.key), unit.files, unit.rows,
+                                                 unit.state, self.hashed)
+        return unit

@@ -4,12 +4,13 @@ Spark jobs per stage."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from spark_infer.errors import DeltaMissing
+from spark_infer.errors import DeltaMissing, RunStopped
 from spark_infer.log import event
 from spark_infer.sessions import SessionCapabilities, build_session, capabilities
 from spark_infer.sinks import OutputTable, open_sink
@@ -26,13 +27,17 @@ STATS_COLUMNS = ("input_state", "input_files", "model_fingerprint", "error")
 
 class JobSession:
     """Opens lazily (a plan from the Delta log needs no Spark), tags every Spark job of the run with
-    `tag`, and puts back every conf it changed when the run ends."""
+    `tag`, and puts back every conf it changed when the run ends. `stop` is the run's stop request:
+    `check_stop` (at each stage boundary, and around the session's start) ends the run there."""
 
     def __init__(self, cfg: JobConfig, tag: str, summary: RunSummary, spark: SparkSession | None = None,
-                 sink: OutputTable | None = None) -> None:
+                 sink: OutputTable | None = None, stop: threading.Event | None = None) -> None:
         self.cfg = cfg
         self.tag = tag
         self.summary = summary
+        self.stop = stop if stop is not None else threading.Event()
+        #: the stage the run last entered (what a stop that cannot wait for the run names)
+        self.where = "start"
         self.spark = spark
         self.caps: SessionCapabilities | None = None
         self.sink = sink
@@ -44,11 +49,13 @@ class JobSession:
         """The session (built if none was given) with Delta checked; DeltaMissing if it lacks Delta."""
         cfg, res = self.cfg, self.cfg.resources
         if self.spark is None:
+            self.check_stop("session_start")
             t0 = time.monotonic()
             # the Arrow batch size is set below, where the session allows it (serverless does not)
             conf = dict(res.spark_conf)
             self.spark = build_session(cfg.job_name, res.master, conf, res.delta_jars, res.remote)
             self.summary.durations_s["session_start"] = round(time.monotonic() - t0, 3)
+            self.check_stop("session_started")
         if self.caps is None:
             self.caps = capabilities(self.spark, res.session_kind)
             self.summary.session_kind = self.caps.kind
@@ -65,7 +72,14 @@ class JobSession:
                 runs_table=cfg.runs_table_ref, txn_retention=cfg.commit.txn_retention,
                 stats_columns=[cfg.input.id_col, *STATS_COLUMNS],
             )
+        self.check_stop("session_ready")  # each stage opens the session first: a stop ends the run here
         return self.spark
+
+    def check_stop(self, where: str) -> None:
+        """A stage boundary: raise RunStopped when a stop was requested (the run ends, exit 5)."""
+        self.where = where
+        if self.stop.is_set():
+            raise RunStopped(f"stopped by signal before {where}")
 
     def set_conf(self, key: str, value: str) -> bool:
         """Set a runtime conf for this run (its previous value comes back at `restore_conf`); False

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from spark_infer.sinks.base import (
     Committed,
+    FilesRecord,
     OutputTable,
+    RecordsUnitFiles,
     discover,
     open_sink,
     register_sink,
     registered_sinks,
 )
 
-__all__ = ["Committed", "OutputTable", "discover", "open_sink", "register_sink", "registered_sinks"]
+__all__ = ["Committed", "FilesRecord", "OutputTable", "RecordsUnitFiles", "discover", "open_sink", "register_sink",
+           "registered_sinks"]

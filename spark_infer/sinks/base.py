@@ -59,6 +59,33 @@ class Committed:
     error_rows: int = 0
 
 
+@dataclass(frozen=True)
+class FilesRecord:
+    """A fact about the input kept beside the output: when the unit `unit` (its `units.key_json`) had
+    the files state `files`, it held `rows` rows with the content state `state` (hashing the columns
+    `hashed`, a JSON list). Files are immutable and named once, so the fact stays true."""
+
+    unit: str
+    files: str
+    rows: int
+    state: str
+    hashed: str
+
+
+@runtime_checkable
+class RecordsUnitFiles(Protocol):
+    """What an output may offer besides `OutputTable` (optional: an accelerator, never needed for a
+    correct plan): a record of the files states whose content states were found equal to the ones a
+    unit's rows were scored from (a compaction of the input), so the next run need not hash them."""
+
+    def files_records(self) -> list[FilesRecord] | None:
+        """Every record kept, or None when there are none or they cannot be read (plan as without)."""
+
+    def record_files(self, records: Sequence[FilesRecord], run_id: str) -> bool:
+        """Keep `records` (replacing the units' earlier ones) without touching the output's rows;
+        False when it could not (a failure here never fails a run)."""
+
+
 @runtime_checkable
 class OutputTable(Protocol):
     """An output table as the job sees it."""
