@@ -110,19 +110,7 @@ def execute(
     job: ScoringJob | None = None
     stop = threading.Event()
     watcher = _StopWatcher(stop, stop_timeout_s, t_start)
-    previous: dict[int, Any] = {}
-
-    def own_signals() -> None:
-        # a classic SparkContext started on the main thread installs its own SIGINT handler (a Py4J
-        # call inside the handler): ours again, once the session is up
-        for sig in previous:
-            if signal.getsignal(sig) != watcher.on_signal:
-                signal.signal(sig, watcher.on_signal)
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, watcher.on_signal)
-        watcher.start()
+    watcher.install()
     try:
         cfg = make_config()
         from spark_infer.job import ScoringJob
@@ -134,9 +122,9 @@ def execute(
               output=cfg.output.table)
         try:
             job.resolve_model()
-            own_signals()
+            watcher.reinstall()
             job.make_plan()
-            own_signals()
+            watcher.reinstall()
         except DeltaMissing:
             if stop.is_set():
                 raise RunStopped("stopped by signal before the relaunch with Delta") from None
@@ -191,8 +179,6 @@ def execute(
             job.summary.durations_s["total"] = round(time.monotonic() - t_start, 3)
             _record(job, watcher)
         watcher.finish()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _finish(summary: RunSummary, code: ExitCode, status: str) -> RunSummary:
@@ -290,14 +276,30 @@ class _StopWatcher:
         self._signals: queue.SimpleQueue[int | None] = queue.SimpleQueue()  # put() is reentrant
         self._thread = threading.Thread(target=self._watch, name="spark-infer-stop", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def install(self) -> None:
+        """Take SIGTERM/SIGINT and start watching (from the main thread only: elsewhere, a notebook's
+        worker thread, signals stay the caller's business)."""
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self.on_signal)
+            self._thread.start()
+
+    def reinstall(self) -> None:
+        """Ours again: a classic SparkContext started on the main thread installs its own SIGINT
+        handler (a Py4J call inside the handler)."""
+        for sig in self._previous:
+            if signal.getsignal(sig) != self.on_signal:
+                signal.signal(sig, self.on_signal)
 
     def on_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - the signal handler
         self._signals.put(signum)
 
     def finish(self) -> None:
+        """Stop watching and give the signals back."""
         self._signals.put(None)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _watch(self) -> None:
         signum = self._signals.get()

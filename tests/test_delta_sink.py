@@ -167,14 +167,14 @@ def test_each_commit_is_verified_from_the_commits_since_it_started(spark, tmp_pa
     (before: a full reopen and the history back to the plan, per group: quadratic over a run)."""
     from deltalake import DeltaTable
 
-    import spark_infer.sinks.delta as delta_sink
+    import spark_infer.sinks._delta_commits as delta_commits
     from spark_infer.sinks.delta import DeltaOutput
 
     path = str(tmp_path / "out")
     _units_table(spark, path, 12)
     opened, searched = [], []
-    real_open, real_history = delta_sink.open_log, DeltaTable.history
-    monkeypatch.setattr(delta_sink, "open_log", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    real_open, real_history = delta_commits.open_log, DeltaTable.history
+    monkeypatch.setattr(delta_commits, "open_log", lambda *a, **k: opened.append(a) or real_open(*a, **k))
     monkeypatch.setattr(DeltaTable, "history", lambda self, limit=None: searched.append(limit) or
                         real_history(self, limit))
     sink = DeltaOutput(spark, path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from spark_infer.delta_log import is_delta_table, open_log
 from spark_infer.errors import ConcurrentRunError, ConfigError
 from spark_infer.log import event
 from spark_infer.sessions import capabilities
+from spark_infer.sinks._delta_commits import CommitLog
 from spark_infer.sinks._unit_files import UnitFilesTable
 from spark_infer.sinks.base import Committed, FilesRecord, register_sink
 from spark_infer.tables import TableRef
@@ -133,12 +133,7 @@ class DeltaOutput:
         self.txn_retention = txn_retention
         self.stats_columns = list(stats_columns)
         self._location: str | None = None
-        # the output's log as delta-rs reads it, kept and updated incrementally for each commit's
-        # verification (reopening it would read every file's entry, per group: quadratic over a run)
-        self._log_table: Any = None
-        self._log_lock = threading.Lock()
-        #: the newest output version this sink has seen: a write started after it commits after it
-        self._seen_version = -1
+        self._commits = CommitLog(self)
         if capabilities(spark).remote:
             _raise_typed_conflicts_on_connect()
 
@@ -303,7 +298,7 @@ class DeltaOutput:
         marker = json.dumps({"spark_infer_run": run_id, "app": app_id}, separators=(",", ":"))
         # our commit lands after every version seen before the write starts: only the commits since
         # then are searched for it (constant per group, however many groups the run committed)
-        since = max(plan_version, self._seen_version)
+        since = max(plan_version, self._commits.seen_version)
         writer = (
             df.write.format("delta")
             .mode("overwrite")
@@ -329,49 +324,11 @@ class DeltaOutput:
         empty = self.spark.createDataFrame([], self.table.read(self.spark).schema)
         return self.write_units(empty, predicate, "delete:" + units_id, plan_version, run_id)
 
-    def _log(self) -> Any:
-        """The output's delta-rs table brought up to its latest version (incrementally), or None where
-        delta-rs cannot read it. Call with `_log_lock` held."""
-        if self._log_table is None:
-            snap = open_log(self.location)
-            if snap is None:
-                return None
-            self._log_table = snap.table
-        else:
-            self._log_table.update_incremental()
-        self._seen_version = max(self._seen_version, int(self._log_table.version()))
-        return self._log_table
-
     def _find_commit(self, marker: str, since: int) -> int | None:
-        """The version of the commit carrying `marker` after version `since`, or None."""
-        try:
-            with self._log_lock:
-                log = self._log()
-                if log is not None:
-                    history = log.history(max(1, int(log.version()) - since))
-                    return next((int(h["version"]) for h in history if h.get("userMetadata") == marker), None)
-            rows = self.spark.sql(f"DESCRIBE HISTORY {self.table.sql_name} LIMIT 200").collect()
-            return next((int(r["version"]) for r in rows if r["userMetadata"] == marker), None)
-        except Exception:  # noqa: BLE001 - cannot tell: the caller's error stands
-            return None
+        return self._commits.find(marker, since)
 
     def _verify(self, app_id: str, marker: str, since: int, plan_version: int, units_id: str, run_id: str) -> int:
-        """The version our commit landed at; raises when Delta skipped the write."""
-        landed = self._find_commit(marker, since)
-        if landed is not None:
-            return landed
-        with self._log_lock:
-            log = self._log()
-            others = ((log.transaction_version(app_id) or -1) >= plan_version + 1) if log is not None else None
-        if others is None:
-            # no log reader here: another run's commit of these very units since the plan (its marker
-            # names the same app id); this run's own earlier groups are not "another run"
-            rows = self.spark.sql(f"DESCRIBE HISTORY {self.table.sql_name} LIMIT 200").collect()
-            others = any(int(r["version"]) > plan_version and _marker_of(r["userMetadata"]).get("app") == app_id
-                         and _marker_of(r["userMetadata"]).get("spark_infer_run") != run_id for r in rows)
-        if others:
-            raise ConcurrentRunError(f"another run committed units {units_id} of {self.ref} first; rerun to finish")
-        raise RuntimeError(f"the write of units {units_id} to {self.ref} did not commit (no commit carries it)")
+        return self._commits.verify(app_id, marker, since, plan_version, units_id, run_id)
 
     def is_conflict(self, exc: BaseException) -> bool:
         return is_delta_conflict(exc)
@@ -401,15 +358,6 @@ class DeltaOutput:
 
     def record_files(self, records: Sequence[FilesRecord], run_id: str) -> bool:
         return UnitFilesTable(self.spark, self.unit_files_table).write(records, run_id)
-
-
-def _marker_of(user_metadata: str | None) -> dict[str, Any]:
-    """The run marker a spark-infer commit carries in its userMetadata ({} for any other commit)."""
-    try:
-        value = json.loads(user_metadata or "")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _committed(states: set[str | None], fps: set[str | None], files: set[str | None], rows: int,
