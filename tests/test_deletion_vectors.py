@@ -67,6 +67,7 @@ def test_log_row_counts_exclude_deletion_vectors_for_escaped_partition_values(sp
     assert by_unit is not None and {k: u.rows for k, u in by_unit.items()} == want
 
 
+@pytest.mark.slow
 def test_scoring_an_input_with_deletion_vectors_then_a_rerun_commits_nothing(spark, dv_input, tiny_bert,
                                                                             tmp_path):
     out = str(tmp_path / "out")

@@ -161,6 +161,7 @@ def _units_table(spark, path: str, n: int) -> None:
         .partitionBy("category").save(path)
 
 
+@pytest.mark.slow
 def test_each_commit_is_verified_from_the_commits_since_it_started(spark, tmp_path, monkeypatch):
     """Per-group bookkeeping is constant in the groups already committed: the log is opened once and
     brought up to date incrementally, and only the commits since a write began are searched for it

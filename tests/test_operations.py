@@ -196,6 +196,7 @@ def test_secrets_never_appear_in_logs_or_records(spark, tmp_path, tables, tiny_b
         assert token not in text and s3_secret not in text
 
 
+@pytest.mark.slow
 def test_a_stop_does_not_wait_for_a_stage_no_cancellation_reaches(tmp_path):
     """A stage that neither the stop flag nor the job tag's cancellation reaches (here model resolution
     that hangs; in life a JVM still starting or a download): the command line writes the JSON record and

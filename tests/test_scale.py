@@ -77,6 +77,7 @@ def test_a_no_op_run_after_a_compaction_reads_no_input_rows(spark, tmp_path, tin
     assert delta_versions(out)[-1] == version and DeltaTable(out + "_unit_files").version() == recorded
 
 
+@pytest.mark.slow
 def test_a_recorded_compaction_never_hides_a_change(spark, tmp_path, tiny_bert, monkeypatch):
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     for k in range(2):
