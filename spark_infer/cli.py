@@ -78,6 +78,12 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
                    help="largest share of the output's units a run may delete as orphans (default 0.5)")
     p.add_argument("--allow-mass-delete", dest="allow_mass_delete", action="store_true", default=None,
                    help="delete orphaned units beyond --max-orphan-share, or all of them when the input has no units")
+    p.add_argument("--no-claims", dest="claims", action="store_false", default=None,
+                   help="do not claim units in <output>_claims (overlapping runs then collide: exit 4)")
+    p.add_argument("--claim-ttl", dest="claim_ttl_s", type=float,
+                   help="seconds a run's claims last unless renewed (default 600)")
+    p.add_argument("--on-claimed", dest="on_claimed", choices=["wait", "exit"],
+                   help="units another live run holds: wait for it (default), or exit 6 naming it")
     p.add_argument("--model-revision", dest="model_revision", help="hub revision or registry version to pin")
     p.add_argument("--output-col", dest="output_col", help="name of the prediction column (default: the task's)")
     p.add_argument("--output-format", dest="output_format", help="output sink (default: delta)")

@@ -207,6 +207,21 @@ class CommitSection(_Section):
         description="catalog.schema for staging tables (default: the output's schema for a catalog-named output, "
                     "else the session's current schema)",
     )
+    claims: bool = Field(
+        default=True,
+        description="claim units in <output>_claims before scoring them, so runs that overlap on the output share "
+                    "its units instead of scoring them twice",
+    )
+    claim_ttl_s: float = Field(
+        default=600.0, ge=5,
+        description="seconds a run's claims last unless renewed (its heartbeat renews them every third): how long a "
+                    "killed run on another host blocks its units",
+    )
+    on_claimed: Literal["wait", "exit"] = Field(
+        default="wait",
+        description="units another live run holds: wait for that run, then score what it did not commit (wait), "
+                    "or end with exit 6 naming it once the free units are done (exit)",
+    )
     txn_retention: str = Field(
         default="interval 7 days", pattern=r"^interval \d+ (second|minute|hour|day|week)s?$",
         description="how long the output keeps each commit group's transaction id (delta.setTransactionRetentionDuration)",

@@ -44,17 +44,32 @@ def from_json(text: str) -> DataType:
         raise ValueError(f"{text!r} is not Spark's JSON form of a type ({type(exc).__name__}: {exc})") from None
 
 
+#: DDL names of atomic types that Spark's parser reads the same whatever the session's confs (not
+#: `string`, whose default collation, or `timestamp`, whose time zone kind, are confs) -> Spark's JSON
+#: name; tests/test_no_jvm_noop.py checks each against Spark's own parser
+ATOMIC_DDL = {
+    "boolean": "boolean", "tinyint": "byte", "byte": "byte", "smallint": "short", "short": "short",
+    "int": "integer", "integer": "integer", "bigint": "long", "long": "long", "float": "float",
+    "real": "float", "double": "double", "date": "date", "binary": "binary",
+}
+
+
 def parse_ddl(text: str) -> DataType:
     """A Spark DDL type parsed by Spark's own parser, through the active session (classic or Connect).
 
     NeedsSparkSession when no session is active (the caller opens one and asks again); ValueError
-    with Spark's message when Spark rejects the text.
+    with Spark's message when Spark rejects the text. A bare atomic name whose meaning no conf changes
+    (`int`, `double`: `ATOMIC_DDL`) is read here without asking Spark, so a custom predictor declaring
+    one starts no JVM before its run knows whether anything is to be scored.
     """
     from pyspark.errors import PySparkException
     from pyspark.sql.types import DataType
 
     if not text.strip():
         raise ValueError("the DDL type is empty")
+    atomic = ATOMIC_DDL.get(text.strip().lower())
+    if atomic is not None:
+        return from_json(f'"{atomic}"')
     try:
         return _strings_for_chars(DataType.fromDDL(text))
     except PySparkException as exc:

@@ -188,6 +188,14 @@ def _decoded(uri: str) -> str:
     return u
 
 
+def rs_uri(location: str) -> str:
+    """A table location as delta-rs takes it (Hadoop's `file:/x` and `s3a://` spellings)."""
+    uri = location.removeprefix("file:") if location.startswith("file:/") else location
+    if uri.startswith("s3a://"):
+        uri = "s3://" + uri[len("s3a://"):]
+    return uri
+
+
 def open_log(location: str, version: int | None = None) -> LogSnapshot | None:
     """The table's log at `version` (latest when None), or None where delta-rs cannot read it."""
     if not log_reads_enabled():
@@ -195,10 +203,7 @@ def open_log(location: str, version: int | None = None) -> LogSnapshot | None:
     try:
         from deltalake import DeltaTable
 
-        uri = location.removeprefix("file:") if location.startswith("file:/") else location
-        if uri.startswith("s3a://"):
-            uri = "s3://" + uri[len("s3a://"):]
-        return LogSnapshot(DeltaTable(uri, version=version), location)
+        return LogSnapshot(DeltaTable(rs_uri(location), version=version), location)
     except Exception as exc:  # noqa: BLE001 - any failure means: plan with Spark instead
         log.debug("delta log of %s not readable with delta-rs: %s", location, exc)
         return None

@@ -2,7 +2,8 @@
 
 Each maps to one of the job's exit codes (see `spark_infer.run.ExitCode`): a `ConfigError` means
 nothing was written and a rerun with the same settings fails the same way (exit 2), a
-`ConcurrentRunError` means another run wrote the same output units (exit 4).
+`ConcurrentRunError` means another run wrote the same output units (exit 4), `UnitsClaimed` that
+another live run is scoring units this one planned (exit 6).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ class ConfigError(SparkInferError, ValueError):
 
 class ConcurrentRunError(SparkInferError, RuntimeError):
     """Another run committed to the same output units at the same time; rerun to finish."""
+
+
+class UnitsClaimed(SparkInferError, RuntimeError):
+    """Another live run holds units this run planned (`on_claimed: exit`): nothing is wrong, that run
+    is scoring them (exit 6)."""
 
 
 class SinkUnavailable(SparkInferError, RuntimeError):

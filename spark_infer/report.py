@@ -48,6 +48,10 @@ class RunSummary:
     units_abandoned: list[str] = field(default_factory=list)
     units_deleted: list[str] = field(default_factory=list)
     rows_scored: int = 0
+    #: rows the workers scored that no commit holds (a failed check, a conflict, a stop)
+    rows_uncommitted: int = 0
+    #: units this run left to an overlapping run that held them, which that run committed
+    units_done_elsewhere: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     #: "load|pid|device" and "task|attempt|pid|gpu addresses|device|start_ns|end_ns" records
     placement: list[str] = field(default_factory=list)
@@ -83,6 +87,7 @@ class RunSummary:
             "units_planned": p.get("units_pending", 0), "units_scored": len(self.units_committed),
             "units_skipped": p.get("units_done", 0) + p.get("units_kept_old_model", 0),
             "units_failed": len(self.units_failed), "units_deleted": len(self.units_deleted), "rows": self.rows_scored,
+            "rows_uncommitted": self.rows_uncommitted, "units_done_elsewhere": len(self.units_done_elsewhere),
             "error_rows": c.get("error_rows", 0), "tokens": c.get("tokens", 0),
             "durations_json": json.dumps(self.durations_s, sort_keys=True),
             "error": redact(self.error) if self.error else None,

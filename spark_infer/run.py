@@ -11,6 +11,8 @@ Exit codes:
   3  partial failure: some units failed; committed units are kept, a rerun scores the rest
   4  a concurrent run wrote the same output units; committed units are kept, rerun to finish
   5  stopped by SIGTERM/SIGINT (preemption, scheduler timeout): committed units kept, rerun continues
+  6  another live run holds units this run planned (`on_claimed: exit`): it is scoring them; this run
+     scored the free ones (a scheduler may treat 6 as "skipped")
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from spark_infer.config import JobConfig, build_config
-from spark_infer.errors import ConcurrentRunError, ConfigError, DeltaMissing, RunStopped
+from spark_infer.errors import ConcurrentRunError, ConfigError, DeltaMissing, RunStopped, UnitsClaimed
 from spark_infer.log import event, logger, render_message
 from spark_infer.redact import redact
 from spark_infer.report import RunSummary, format_plan
@@ -50,6 +52,7 @@ class ExitCode(IntEnum):
     PARTIAL = 3
     CONCURRENT = 4
     INTERRUPTED = 5
+    CLAIMED = 6
 
 
 #: plan lines printed before a run (all of them with --dry-run)
@@ -154,6 +157,11 @@ def execute(
             return RunSummary(run_id="", job_name="", status="interrupted", exit_code=ExitCode.INTERRUPTED)
         job.summary.error = "stopped by signal; committed units are kept, rerun to continue"
         return _finish(job.summary, ExitCode.INTERRUPTED, "interrupted")
+    except UnitsClaimed as exc:  # raised by a started job only
+        _error_line(str(exc))
+        summary = job.summary if job is not None else RunSummary(run_id="", job_name="")
+        summary.error = str(exc)
+        return _finish(summary, ExitCode.CLAIMED, "claimed_elsewhere")
     except (ConfigError, DeltaMissing) as exc:
         msg = str(exc) if isinstance(exc, ConfigError) else _delta_missing_message(job)
         _error_line(msg)
@@ -239,10 +247,19 @@ def _record(job: ScoringJob, watcher: _StopWatcher) -> None:
         path = _write_json(job)
         watcher.json_written = True
     runs_table = ""
-    if job.cfg.report.record_runs and s.status not in ("config_error", "dry_run") and job.sink is not None:
+    from_logs = job.planned is not None and job.planned.from_logs  # no session was started
+    if (job.cfg.report.record_runs and s.status not in ("config_error", "dry_run")
+            and (job.sink is not None or from_logs)):
         runs_table = job.cfg.runs_table_ref
         try:
-            job.sink.append_run_record(s.record())
+            from spark_infer.sinks._runs_log import append_run_record
+
+            record = s.record()
+            # a run that started no session appends its row with delta-rs; through Spark where it cannot
+            if job.sink is not None or not append_run_record(runs_table, record):
+                if job.sink is None:
+                    job.session.open()
+                job.sink.append_run_record(record)
         except Exception as exc:  # noqa: BLE001 - the JVM may be gone (SIGTERM to the whole group)
             event("warning", what="run_record_table_not_written", table=runs_table,
                   error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])

@@ -11,6 +11,12 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch in this process (reference outputs computed directly, the churn example's training, generation)
+# with one intra-op thread: the shared JVM and Spark's Python workers compete for the same few cores, and
+# torch's default of a spinning thread per core then stalls (the churn training: 12 s instead of 0.3 s on
+# a busy 2-core machine). Read once, when torch is imported; Spark's Python workers set their own count
+# (one per task core, spark_infer.runtime.device.set_threads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # test predictors (tests/predictors.py) must import in Spark's Python workers and in job subprocesses
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH", "")) if p)
 sys.path.insert(0, TESTS)
@@ -21,7 +27,7 @@ from cluster import QUICK_JVM_OPTS, free_port  # noqa: E402
 # short-lived and handles tiny data: C1-only JIT and the serial GC cut its CPU by about a quarter,
 # and no test reads the web UI (SparkConf takes spark.* system properties as defaults).
 os.environ.setdefault("SPARK_SUBMIT_OPTS", f"{QUICK_JVM_OPTS} -Dspark.ui.enabled=false")
-from jobutil import CATEGORIES, ROWS_PER_UNIT, cli_cmd, rows_for, run  # noqa: E402
+from jobutil import CATEGORIES, ROWS_PER_UNIT, rows_for  # noqa: E402
 from tiny_models import make_tiny_bert, make_tiny_classifier  # noqa: E402
 
 #: the Spark Connect server's port: the plugin runs inside the shared session's JVM, so Connect
@@ -99,9 +105,13 @@ def units_input(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def reference_output(units_input, tiny_bert, tmp_path_factory) -> str:
-    """`units_input` scored once, uninterrupted, by the CLI in its own process on local[2]."""
+def reference_output(spark, units_input, tiny_bert, tmp_path_factory) -> str:
+    """`units_input` scored once, uninterrupted, on local[2]: by `run_job` on the shared session (the
+    process-level tests compare their runs' outputs with it; a process of its own would only add a JVM
+    start and cold Python workers)."""
+    from spark_infer import run_job
+
     out = str(tmp_path_factory.mktemp("reference") / "out")
-    r = run(cli_cmd("--input", units_input, "--output", out, "--model", tiny_bert))
-    assert r.returncode == 0, r.stdout[-3000:]
+    s = run_job({"input": units_input, "output": out, "model": tiny_bert}, spark=spark)
+    assert s.exit_code == 0 and len(s.units_committed) == len(CATEGORIES), s.error
     return out

@@ -303,6 +303,8 @@ def test_max_error_rate_fails_a_unit_and_rescore_errors_rescores_it(spark, small
     assert s.exit_code == 3 and list(s.units_failed) == ["category=toys"] and "max_error_rate" in s.units_failed[
         "category=toys"]
     assert s.units_committed == ["category=books"]
+    # the failed unit's rows were scored, not committed: the record counts them, with the workers' counters
+    assert s.rows_uncommitted == 10 and s.counters["rows"] == s.rows_scored + s.rows_uncommitted == 20
     s = custom(inp, out, tmp_path, "FailsOnMarker", max_error_rate=0.6)
     assert s.exit_code == 0 and s.units_committed == ["category=toys"] and s.counters["error_rows"] == 5
     errors = spark.read.format("delta").load(out).where("error is not null").count()

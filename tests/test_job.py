@@ -46,7 +46,9 @@ def tables(spark, tmp_path):
     return inp, out, rows
 
 
-def test_first_run_scores_everything_and_rerun_commits_nothing(spark, tmp_path, tables, tiny_bert):
+def test_first_run_scores_everything_rerun_commits_nothing_only_new_or_rewritten_units_are_scored_and_a_changed_model_rescores_everything_unless_new_only(  # noqa: E501
+        spark, tmp_path, tables, tiny_bert):
+    """One first run serves what every later run here is checked against (its input, output and run ids)."""
     inp, out, rows = tables
     code, s = job(tmp_path, inp, out, "--model", tiny_bert)
     assert code == ExitCode.OK, s
@@ -71,22 +73,25 @@ def test_first_run_scores_everything_and_rerun_commits_nothing(spark, tmp_path, 
     assert res.where("error is not null").count() == 0
     assert spark.read.format("delta").load(out).inputFiles()  # partitioned like the input
     assert sorted(os.listdir(out)) == ["_delta_log", "category=books", "category=garden", "category=music"]
+    before = {r.id: r.run_id for r in spark.read.format("delta").load(out).collect()}
 
+    # a finished job rerun commits nothing
     v = out_version(spark, out)
     code, s2 = job(tmp_path, inp, out, "--model", tiny_bert, name="s2.json")
     assert code == ExitCode.OK
     assert s2["units_committed"] == [] and s2["plan"]["units_done"] == 3 and s2["rows_scored"] == 0
-    assert out_version(spark, out) == v  # a finished job rerun commits nothing
+    assert out_version(spark, out) == v
 
+    # a task option that changes outputs changes the fingerprint: with new_only nothing is rescored
+    code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--option", "pooling=cls", "--on-model-change",
+                  "new_only", name="s_new_only.json")
+    assert code == ExitCode.OK and s["units_committed"] == [] and s["plan"]["units_kept_old_model"] == 3
+    assert out_version(spark, out) == v
 
-def test_new_partition_only_is_scored_and_rewrite_is_rescored(spark, tmp_path, tables, tiny_bert):
-    inp, out, rows = tables
-    assert job(tmp_path, inp, out, "--model", tiny_bert)[0] == ExitCode.OK
-    before = {r.id: r.run_id for r in spark.read.format("delta").load(out).collect()}
-
+    # a new partition only is scored
     new = rows_for("toys", 300, 12)
     write_input(spark, inp, new, mode="append")
-    code, s = job(tmp_path, inp, out, "--model", tiny_bert, name="s2.json")
+    code, s = job(tmp_path, inp, out, "--model", tiny_bert, name="s3.json")
     assert code == ExitCode.OK
     assert s["units_committed"] == ["category=toys"]
     assert s["rows_scored"] == 12 and s["counters"]["rows"] == 12
@@ -98,7 +103,7 @@ def test_new_partition_only_is_scored_and_rewrite_is_rescored(spark, tmp_path, t
     # rewrite one partition with different text (and one row fewer): only it is rescored
     rewritten = rows_for("music", 100, 19, variant="remastered")
     write_input(spark, inp, rewritten, where="category = 'music'")
-    code, s = job(tmp_path, inp, out, "--model", tiny_bert, name="s3.json")
+    code, s = job(tmp_path, inp, out, "--model", tiny_bert, name="s4.json")
     assert code == ExitCode.OK
     assert s["units_committed"] == ["category=music"] and s["plan"]["units_changed"] == 1
     res = spark.read.format("delta").load(out)
@@ -107,16 +112,9 @@ def test_new_partition_only_is_scored_and_rewrite_is_rescored(spark, tmp_path, t
     assert res.count() == len(rows) + 12 - 1
     assert res.select("id").distinct().count() == res.count()
 
-
-def test_changed_model_rescores_everything_unless_new_only(spark, tmp_path, tables, tiny_bert):
-    inp, out, rows = tables
-    assert job(tmp_path, inp, out, "--model", tiny_bert)[0] == ExitCode.OK
-    # a task option that changes outputs changes the fingerprint
-    code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--option", "pooling=cls", "--on-model-change",
-                  "new_only", name="s2.json")
-    assert code == ExitCode.OK and s["units_committed"] == [] and s["plan"]["units_kept_old_model"] == 3
-    code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--option", "pooling=cls", name="s3.json")
-    assert code == ExitCode.OK and s["plan"]["units_model_changed"] == 3 and len(s["units_committed"]) == 3
+    # the changed model without new_only rescores every unit (all 4 by now)
+    code, s = job(tmp_path, inp, out, "--model", tiny_bert, "--option", "pooling=cls", name="s5.json")
+    assert code == ExitCode.OK and s["plan"]["units_model_changed"] == 4 and len(s["units_committed"]) == 4
     fps = spark.read.format("delta").load(out).select("model_fingerprint").distinct().collect()
     assert [r[0] for r in fps] == [s["model_fingerprint"]]
 

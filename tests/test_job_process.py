@@ -79,7 +79,10 @@ def _predictor_dir(tmp_path) -> str:
     return str(d)
 
 
-def test_two_runs_at_once_both_plan_at_one_version_and_never_duplicate(spark, tmp_path):
+def test_without_claims_two_runs_at_once_collide_but_never_duplicate(spark, tmp_path):
+    """The commit protocol alone (claims off, or a claim that lapsed under a live run) is what makes
+    overlap safe: of two commits of the same units planned at one version, one fails (exit 4).
+    `test_claims.py` shows claims making it cheap (both runs exit 0, nothing scored twice)."""
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     rows = []
     for k, cat in enumerate(CATEGORIES):
@@ -90,7 +93,8 @@ def test_two_runs_at_once_both_plan_at_one_version_and_never_duplicate(spark, tm
     # same output version (checked below): their writes of the same groups collide
     job = ["--input", inp, "--output", out, "--task", "custom", "--model", _predictor_dir(tmp_path),
            "--option", "predictor=predictors:TextLength", "--option", 'columns=["text"]',
-           "--option", 'predictor_options={"delay_s": 1.0}', "--group-units", "3", "--concurrent-units", "1"]
+           "--option", 'predictor_options={"delay_s": 1.0}', "--group-units", "3", "--concurrent-units", "1",
+           "--no-claims"]
     procs = [start(cli_cmd(*job, "--summary-json", str(tmp_path / f"s{i}.json")), str(tmp_path / f"run{i}.log"))
              for i in range(2)]
     try:

@@ -221,7 +221,9 @@ runner = open_runner(spec, RuntimeOptions(device="cpu", batch_size=4), cache=Mod
 out, err = runner.run([{{"x": 1}}, {{"x": 2.5}}])
 arrow = make_spec("custom", sys.argv[1], predictor="{HERE}:untyped_factory", columns=["x"], output_type=pa.int64())
 try:
+    # a bare atomic name (Doubler's "double") is read without Spark (ddl.ATOMIC_DDL); a composite is not
     make_spec("custom", sys.argv[1], predictor="{HERE}:Doubler", columns=["x"])
+    make_spec("custom", sys.argv[1], predictor="{HERE}:untyped_factory", columns=["x"], output_type="array<double>")
     ddl = "parsed"
 except NeedsSparkSession as exc:
     ddl = str(exc)
@@ -238,7 +240,7 @@ def test_workers_read_the_json_without_a_session_and_ddl_asks_for_one(model_fold
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["out"] == [2.0, 5.0] and got["arrow"] == "int64"
-    assert "'double' is a Spark DDL type" in got["ddl"] and "active Spark session" in got["ddl"]
+    assert "'array<double>' is a Spark DDL type" in got["ddl"] and "active Spark session" in got["ddl"]
     assert got["jvm"] is False  # nothing here started a JVM
 
 

@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from pyspark.sql import SparkSession
 
 from spark_infer.config import JobConfig
-from spark_infer.errors import ConfigError, NeedsSparkSession
+from spark_infer.errors import ConfigError, NeedsSparkSession, UnitsClaimed
 from spark_infer.inputs import InputUnit
 from spark_infer.job.checks import check_units, check_workers
+from spark_infer.job.claims import RunClaims, wait_for_holders
 from spark_infer.job.commit import GroupCommitter
 from spark_infer.job.devices import place
 from spark_infer.job.groups import GroupScorer
@@ -46,7 +47,8 @@ from spark_infer.plan import Plan, make_groups
 from spark_infer.report import RunSummary
 from spark_infer.resources import DevicePlan, scoring_profile
 from spark_infer.runtime.spec import ModelSpec, make_spec
-from spark_infer.sinks import OutputTable, RecordsUnitFiles
+from spark_infer.sinks import ClaimsUnits, Committed, OutputTable, RecordsUnitFiles
+from spark_infer.units import UnitColumn, UnitKey, key_json
 
 __all__ = ["Plan", "ScoringJob"]
 
@@ -94,7 +96,10 @@ class ScoringJob:
         try:
             self.resolve_model()
             self.make_plan()
-            if not self.cfg.dry_run and not self.stop_requested.is_set():
+            if self.planned.from_logs:  # nothing to do, known from the logs alone: no session, no write
+                self.summary.plan["groups"] = 0
+                self.summary.output_version_after = self.summary.output_version_before
+            elif not self.cfg.dry_run and not self.stop_requested.is_set():
                 self.score_and_commit()
         finally:
             self.session.restore_conf()  # a no-op when no conf was set (no session opened)
@@ -146,22 +151,22 @@ class ScoringJob:
         profile = scoring_profile(session.caps, self.devices.gpus_per_task, res.cpus_per_task)  # fails before any write
         staging = staging_for(cfg, session.caps, session.spark, self.run_id)  # this too
         self.summary.staging = staging.kind
+        # the version the run planned at (None: no table then): every commit names it, so a second
+        # writer of the same units that planned before this run's commits cannot commit them again
+        plan_version = self.summary.output_version_before
         with session.stage("score_commit"):
             sink.ensure(shape.schema, shape.unit_cols, shape.layout)
-            base_version = sink.version()
             if planned.files_learned and isinstance(sink, RecordsUnitFiles) and not self.stop_requested.is_set():
                 # units compacted, not changed: one small commit beside the output, no output row rewritten
                 sink.record_files(planned.files_learned, self.run_id)
-        if self.summary.output_version_before is None:
-            self.summary.output_version_before = base_version
+            if plan_version is None:
+                self.summary.output_version_before = sink.version()
         session.set_conf("spark.sql.files.maxRecordsPerFile", str(cfg.output.rows_per_file))
         metrics = session.caps.counters_accumulator()
         scorer = GroupScorer(cfg, self.spec, shape, planned.input_df,
                              res.tasks_per_group or session.caps.default_parallelism(), profile, metrics, staging)
         committer = GroupCommitter(cfg, self.spec, shape, sink, session.spark, self.run_id, p.input_version,
-                                   base_version)
-        groups = [[u for u, _ in g] for g in make_groups(p.pending, cfg.commit.group_rows, cfg.commit.group_units)]
-        self.summary.plan["groups"] = len(groups)
+                                   -1 if plan_version is None else plan_version)
         t_all = time.monotonic()
         if p.orphaned and p.delete_orphans and not self.stop_requested.is_set():
             keys = [k for k, _ in p.orphaned]
@@ -169,23 +174,60 @@ class ScoringJob:
                 committer.delete(keys)
             self.summary.units_deleted = [p.label(k) for k in keys]
             event("units_deleted", units=len(keys), reason="not_in_input", first=p.label(keys[0]), output=sink.ref)
+        claims = sink.claims() if cfg.commit.claims and isinstance(sink, ClaimsUnits) else None
+        elsewhere = _DoneElsewhere(sink, shape.unit_cols, self.spec.fingerprint, self.run_id,
+                                   -1 if plan_version is None else plan_version) if claims is not None else None
 
         def score_group(units: Sequence[InputUnit]) -> GroupResult:
+            if elsewhere is not None:
+                units = elsewhere.drop(units, p, self.summary)  # an overlapping run committed them since the plan
+                if not units:
+                    return GroupResult()
             staged = scorer.stage(units, p.label(units[0].key))
+            counters: dict[str, int] = {}
             try:
-                ok, failed = check_units(staged.unit_stats(), {u.key: u for u in units}, shape.unit_cols,
-                                         cfg.commit.max_error_rate)
+                stats = staged.unit_stats()
                 counters = staged.counters()
+                ok, failed = check_units(stats, {u.key: u for u in units}, shape.unit_cols, cfg.commit.max_error_rate)
                 check_workers(counters, self.spec)  # scored where and how the fingerprint says, or no commit
                 if ok:
                     committer.commit(staged, ok)
-                done = {c.unit.key for c in ok}
-                return GroupResult([u for u in units if u.key in done], failed, counters)
+            except Exception as exc:
+                if not counters:
+                    raise
+                return GroupResult([], {}, counters, error=exc)  # scored, not committed: the record counts it
             finally:
                 staged.release()
+            done = {c.unit.key for c in ok}
+            return GroupResult([u for u in units if u.key in done], failed, counters)
 
-        GroupScheduler(p, self.summary, session, self.stop_requested, res.concurrent_groups,
-                       cfg.report.progress_interval_s).run(groups, score_group, metrics)
+        scheduler = GroupScheduler(p, self.summary, session, self.stop_requested, res.concurrent_groups,
+                                   cfg.report.progress_interval_s)
+        reasons = {u.key: why for u, why in p.pending}
+        todo = [u for u, _ in p.pending]
+        self.summary.plan["groups"] = 0
+        while todo and not self.stop_requested.is_set():
+            groups = [[u for u, _ in g] for g in
+                      make_groups([(u, reasons[u.key]) for u in todo], cfg.commit.group_rows, cfg.commit.group_units)]
+            self.summary.plan["groups"] += len(groups)
+            held = None
+            if claims is not None:
+                held = RunClaims(claims, self.run_id, cfg.job_name,
+                                 [[key_json(shape.unit_cols, u.key) for u in g] for g in groups],
+                                 cfg.commit.claim_ttl_s, 2 * res.concurrent_groups, self.stop_requested)
+            try:
+                scheduler.run(groups, score_group, metrics, held)
+            finally:
+                if held is not None:
+                    held.close()
+            if held is None or not held.deferred or self.stop_requested.is_set():
+                break
+            deferred = [u for j in sorted(held.deferred) for u in groups[j]]
+            if cfg.commit.on_claimed == "exit":
+                raise UnitsClaimed(_claimed_message(held, deferred, p, sink.ref, len(self.summary.units_committed)))
+            wait_for_holders(claims, held.deferred_units(), self.run_id, self.stop_requested,
+                             max(1.0, min(10.0, cfg.commit.claim_ttl_s / 10)))
+            todo = elsewhere.drop(deferred, p, self.summary, refresh=True)
         self.summary.durations_s["score_commit"] = round(time.monotonic() - t_all, 3)
         with session.stage("score_commit"):
             if cfg.output.optimize and self.summary.units_committed and not self.stop_requested.is_set():
@@ -194,3 +236,47 @@ class ScoringJob:
                 self.summary.durations_s["optimize"] = round(time.monotonic() - t0, 3)
             self.summary.output_version_after = sink.version()
         session.count_jobs("score_commit")
+
+
+class _DoneElsewhere:
+    """Units an overlapping run committed after this run planned: found from the output's commits
+    since the last look (one log read per group while nobody else commits), so that a unit whose
+    claim this run won after the other run released it is not scored again."""
+
+    def __init__(self, sink: OutputTable, columns: Sequence[UnitColumn], fingerprint: str, run_id: str,
+                 version: int) -> None:
+        self.sink, self.columns, self.fingerprint, self.run_id = sink, columns, fingerprint, run_id
+        self.version = version
+        self._committed: dict[UnitKey, Committed] | None = None
+        self._lock = threading.Lock()
+
+    def drop(self, units: Sequence[InputUnit], plan: Plan, summary: RunSummary, refresh: bool = False
+             ) -> list[InputUnit]:
+        """`units` less those the output now holds as this run would have written them."""
+        with self._lock:
+            newest, others = self.sink.commits_since(self.version, self.run_id)
+            self.version = max(self.version, newest)
+            if others or refresh:
+                self._committed = self.sink.committed_units(self.columns)
+            if self._committed is None:
+                return list(units)
+            keep = []
+            for u in units:
+                c = self._committed.get(u.key)
+                if c is not None and c.fingerprint == self.fingerprint and c.rows == u.rows and (
+                        (u.files is not None and c.files == u.files) or (u.state is not None and c.state == u.state)):
+                    summary.units_done_elsewhere.append(plan.label(u.key))
+                else:
+                    keep.append(u)
+            if len(keep) < len(units):
+                event("units_done_elsewhere", units=len(units) - len(keep), first=plan.label(units[0].key))
+            return keep
+
+
+def _claimed_message(held: RunClaims, deferred: Sequence[InputUnit], plan: Plan, output: str, committed: int) -> str:
+    now = int(time.time() * 1000)
+    holders = {c.run_id: c for c in held.holders.values()}
+    who = "; ".join(c.describe(now) for c in list(holders.values())[:3]) or "another run"
+    return (f"{len(deferred)} unit(s) of {output} (first: {plan.label(deferred[0].key)}) are being scored by {who}; "
+            f"this run committed the {committed} free unit(s) it planned. Nothing is wrong: rerun later, or set "
+            "on_claimed: wait to wait for that run")

@@ -10,20 +10,32 @@ output's unit-files records (`sinks.RecordsUnitFiles`, where the sink keeps them
 maps to the content state its rows were scored from, so the next run finds it unchanged without
 reading a row. A record is used only when its files state is the unit's current one and its content
 state the one the output's rows record; anything else is hashed as before.
+
+A run with nothing to do ends without starting Spark (`Planner._plan_from_logs`): when no session was
+given or is active, the master is local, both tables are Delta paths whose logs delta-rs reads, every
+unit's state is known from them (no row to hash), the output needs no upgrade and the plan leaves
+nothing pending, nothing to delete and nothing learned. The run's record then says `session_kind:
+"none"`, `spark_jobs: {"plan": 0}` and has no `session_start` duration. In any other case the plan is
+made with the session, exactly as before.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from spark_infer.delta_log import open_log
+from spark_infer.errors import ConfigError
 from spark_infer.inputs import InputTable, InputUnit, content_states
+from spark_infer.job.devices import known_local
 from spark_infer.job.fit import check_fits_udf_memory
 from spark_infer.job.shape import JobShape, shape_of
 from spark_infer.plan import Plan, bucket_expr, decide
 from spark_infer.sinks import FilesRecord, RecordsUnitFiles
+from spark_infer.tables import TableRef
 from spark_infer.units import key_json
 
 if TYPE_CHECKING:
@@ -38,6 +50,8 @@ if TYPE_CHECKING:
     from spark_infer.sinks import Committed, OutputTable
     from spark_infer.units import UnitColumn, UnitKey
 
+log = logging.getLogger("spark_infer")
+
 
 @dataclass(frozen=True)
 class Planned:
@@ -45,9 +59,12 @@ class Planned:
 
     plan: Plan
     shape: JobShape
-    input_df: DataFrame
+    #: None for a plan from the logs alone (no session: nothing to score)
+    input_df: DataFrame | None
     #: units done (or kept) whose files changed but not their content: what the run records
     files_learned: tuple[FilesRecord, ...] = field(default=())
+    #: planned from the two Delta logs with no session, and nothing to do: the run ends without Spark
+    from_logs: bool = False
 
 
 class Planner:
@@ -65,6 +82,9 @@ class Planner:
             t0 = time.monotonic()
             inp.read_spark(session.spark)
         shape = shape_of(cfg, self.spec, inp.schema, inp.partition_columns)  # config errors need no Spark
+        quiet = self._plan_from_logs(shape, t0)
+        if quiet is not None:
+            return quiet
         spark = session.open()
         limit = cfg.resources.udf_memory_limit or session.caps.udf_memory_limit
         if limit:
@@ -100,9 +120,58 @@ class Planner:
         settled = {u.key for u in (*plan.done, *plan.stale_model)}
         return Planned(plan, shape, df, tuple(r for k, r in known.learned.items() if k in settled))
 
-    def _input_units(self, shape: JobShape, df: DataFrame, committed: dict[UnitKey, Committed],
-                     seen: _KnownFiles) -> list[InputUnit]:
-        """The input's units with their states, reading rows only where the logs cannot tell."""
+    def _plan_from_logs(self, shape: JobShape, t0: float) -> Planned | None:
+        """The plan from the two Delta logs alone, when that is certain and it leaves nothing to do:
+        the run then starts no session (a no-op costs what reading the logs costs, not a JVM). None
+        (plan with the session, as always) wherever one condition fails; see the module docstring."""
+        cfg, session, inp = self.cfg, self.session, self.input
+        res = cfg.resources
+        if (inp.log is None or res.session_kind not in ("auto", "classic") or not known_local(cfg, session)
+                or "spark.hadoop.fs.defaultFS" in res.spark_conf):  # a bare path could name other storage
+            return None
+        if cfg.report.record_runs and not TableRef(cfg.runs_table_ref).is_path:
+            return None  # the record's row needs the catalog: Spark
+        sink = session.log_sink()
+        out = open_log(TableRef(cfg.output.table).location) if sink is not None else None
+        if out is None:
+            return None
+        have = set(out.spark_schema().fieldNames())
+        if (any(f.name not in have for f in shape.schema.fields)
+                or any(k not in out.properties for k in (*shape.layout, "delta.setTransactionRetentionDuration"))):
+            return None  # an output an older version wrote: the run upgrades it (the sink's `ensure`)
+        if res.udf_memory_limit:  # a classic session has no cap of its own
+            check_fits_udf_memory(self.spec, res.udf_memory_limit, "udf_memory_limit")
+        try:
+            sink.check_compatible(shape.schema, shape.unit_cols, shape.layout)
+            version = sink.version()
+            committed = sink.committed_units(shape.unit_cols)
+            known = _KnownFiles(sink, shape.unit_cols, shape.hashed)
+            units = self._input_units(shape, None, committed, known)
+        except ConfigError:
+            raise  # the same answer the session's plan would give (it reads the same log)
+        except Exception as exc:  # noqa: BLE001 - something needs Spark after all: plan with it
+            log.debug("no plan from the logs alone: %s: %s", type(exc).__name__, exc)
+            return None
+        if units is None:
+            return None
+        pending, done, stale, orphaned = decide(
+            units, committed, self.spec.fingerprint, cfg.commit.on_model_change, cfg.commit.rescore_errors)
+        plan = Plan(tuple(shape.unit_cols), shape.bucketed, inp.version, pending, done, stale, orphaned,
+                    delete_orphans=cfg.commit.on_orphan == "delete",
+                    max_orphan_share=cfg.commit.max_orphan_share, allow_mass_delete=cfg.commit.allow_mass_delete)
+        if plan.pending or (plan.orphaned and plan.delete_orphans) or known.learned:
+            return None  # something to write: the session plans it (the same decisions) and scores
+        s = self.summary
+        s.input_version, s.output_version_before, s.session_kind = inp.version, version, "none"
+        s.plan = plan.counts()
+        s.durations_s["plan"] = round(time.monotonic() - t0, 3)
+        s.spark_jobs["plan"] = 0
+        return Planned(plan, shape, None, from_logs=True)
+
+    def _input_units(self, shape: JobShape, df: DataFrame | None, committed: dict[UnitKey, Committed],
+                     seen: _KnownFiles) -> list[InputUnit] | None:
+        """The input's units with their states, reading rows only where the logs cannot tell; None
+        when rows would have to be read but there is no `df` (a plan from the logs alone)."""
         cols = shape.unit_cols
         spark = self.session.spark
         by_unit = self.input.files_by_unit(cols, spark) if not shape.bucketed else None
@@ -118,6 +187,8 @@ class Planner:
                     need.append(key)  # its files changed: did its rows? (a compaction rewrites files only)
                 elif files.rows:
                     known[key] = InputUnit(key, files.rows, None, files.state)  # new: state computed when scored
+            if need and df is None:
+                return None
             for key, (rows, state) in content_states(df, cols, shape.hashed, need).items():
                 known[key] = seen.learn(InputUnit(key, rows, state, by_unit[key].state if key in by_unit else None),
                                         committed.get(key))
@@ -129,6 +200,8 @@ class Planner:
                 and all(c.files == files or seen.holds(k, files, c.rows, c.state) for k, c in committed.items())):
             # nothing changed since every unit was scored from these very files (or their compaction)
             return [InputUnit(k, c.rows, c.state, files) for k, c in committed.items()]
+        if df is None:
+            return None
         return [seen.learn(InputUnit(k, n, s, files), committed.get(k))
                 for k, (n, s) in content_states(df, cols, shape.hashed).items()]
 

@@ -22,6 +22,7 @@ from spark_infer.runtime import PLACEMENT_PREFIX, WORKER_RECORD, worker_records
 
 if TYPE_CHECKING:
     from spark_infer.inputs import InputUnit
+    from spark_infer.job.claims import RunClaims
     from spark_infer.job.session import JobSession
     from spark_infer.plan import Plan
     from spark_infer.report import RunSummary
@@ -34,6 +35,9 @@ class GroupResult:
     committed: list[InputUnit] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    #: what ended a group after its rows were scored (a failed check, a conflict, a stop): its
+    #: counters still count, its rows count as scored but not committed
+    error: BaseException | None = None
 
 
 class GroupScheduler:
@@ -48,8 +52,11 @@ class GroupScheduler:
         self._counters: dict[str, int] = {}
 
     def run(self, groups: Sequence[Sequence[InputUnit]], work: Callable[[Sequence[InputUnit]], GroupResult],
-            metrics: Any) -> None:
-        """Every group through `work`; raises ConcurrentRunError when another run wrote our units."""
+            metrics: Any, claims: RunClaims | None = None) -> None:
+        """Every group through `work`; raises ConcurrentRunError when another run wrote our units.
+
+        With `claims`, a group is scored only once this run holds its units; a group another live run
+        holds is skipped (`claims.deferred`)."""
         caps = self.session.caps
         tasks_now = caps.watch_tasks() if metrics is None else None
         rows_now = (lambda: (metrics.value or {}).get("rows", 0)) if metrics is not None else None
@@ -59,36 +66,50 @@ class GroupScheduler:
                      tasks_now=tasks_now) as progress,
             ThreadPoolExecutor(max_workers=self.concurrent, thread_name_prefix="group") as pool,
         ):
-            futures = [pool.submit(self._one, g, work, progress) for g in groups]
-            for f in futures:
-                # a bounded wait keeps the main thread responsive to SIGTERM
-                while not f.done():
-                    try:
-                        f.result(timeout=0.5)
-                    except TimeoutError:
-                        continue
-        caps.stop_watching()
+            futures = [pool.submit(self._one, i, g, work, progress, claims) for i, g in enumerate(groups)]
+            try:
+                for f in futures:
+                    # a bounded wait keeps the main thread responsive to SIGTERM
+                    while not f.done():
+                        try:
+                            f.result(timeout=0.5)
+                        except TimeoutError:
+                            continue
+            finally:
+                caps.stop_watching()
+                add_counters(self.summary, self._counters)  # failed and stopped runs count their work too
         if self._conflicts:
             raise ConcurrentRunError(
                 f"another run wrote to {self.session.sink.ref} concurrently; committed units are kept, rerun to "
                 "finish") from self._conflicts[0]
-        add_counters(self.summary, self._counters)
 
-    def _one(self, group: Sequence[InputUnit], work: Callable[[Sequence[InputUnit]], GroupResult],
-             progress: Progress) -> None:
+    def _one(self, i: int, group: Sequence[InputUnit], work: Callable[[Sequence[InputUnit]], GroupResult],
+             progress: Progress, claims: RunClaims | None) -> None:
         t0 = time.monotonic()
         labels = [self.plan.label(u.key) for u in group]
         try:
             with self.session.stage("score_commit"):
                 if self._conflicts or self.stop.is_set():
                     return  # a concurrent writer or a stop request: start no new work
-                result = work(group)
+                if claims is not None and not claims.take(i):
+                    return  # another live run is scoring these units
+                try:
+                    result = work(group)
+                finally:
+                    if claims is not None:
+                        claims.done(i)
         except Exception as exc:  # noqa: BLE001 - one group's failure must not lose the others
             self._failed(exc, labels)
             return
         with self._lock:
             for k, v in result.counters.items():
                 self._counters[k] = self._counters.get(k, 0) + v
+            committed_rows = sum(u.rows for u in result.committed)
+            self.summary.rows_uncommitted += max(0, result.counters.get("rows", 0) - committed_rows)
+        if result.error is not None:
+            self._failed(result.error, labels)
+            return
+        with self._lock:
             for lab, why in result.failed.items():
                 self.summary.units_failed[lab] = why
                 event("unit_failed", unit=lab, error=why[:300])

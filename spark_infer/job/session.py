@@ -14,6 +14,7 @@ from spark_infer.errors import DeltaMissing, RunStopped
 from spark_infer.log import event
 from spark_infer.sessions import SessionCapabilities, build_session, capabilities
 from spark_infer.sinks import OutputTable, open_sink
+from spark_infer.tables import TableRef
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -66,14 +67,25 @@ class JobSession:
             for path in res.py_files:
                 self.caps.ship_python_file(path)
         if self.sink is None:
-            out = cfg.output
-            self.sink = open_sink(
-                out.format, self.spark, out.table, change_data_feed=out.change_data_feed,
-                runs_table=cfg.runs_table_ref, txn_retention=cfg.commit.txn_retention,
-                stats_columns=[cfg.input.id_col, *STATS_COLUMNS],
-            )
+            self.sink = self._open_sink(self.spark)
         self.check_stop("session_ready")  # each stage opens the session first: a stop ends the run here
         return self.spark
+
+    def _open_sink(self, spark: SparkSession | None) -> OutputTable:
+        cfg, out = self.cfg, self.cfg.output
+        return open_sink(out.format, spark, out.table, change_data_feed=out.change_data_feed,
+                         runs_table=cfg.runs_table_ref, txn_retention=cfg.commit.txn_retention,
+                         stats_columns=[cfg.input.id_col, *STATS_COLUMNS])
+
+    def log_sink(self) -> OutputTable | None:
+        """The output's sink with no session, for reads from its Delta log only (a plan that may end
+        the run without starting Spark); None where the sink comes with the session: a session was
+        given or opened already (using it costs no JVM start), the caller gave its own sink, or the
+        output is not a Delta table named by its path (a catalog name needs the catalog)."""
+        out = self.cfg.output
+        if self.spark is not None or self.sink is not None or out.format != "delta" or not TableRef(out.table).is_path:
+            return None
+        return self._open_sink(None)
 
     def check_stop(self, where: str) -> None:
         """A stage boundary: raise RunStopped when a stop was requested (the run ends, exit 5)."""

@@ -79,7 +79,8 @@ def capabilities(spark: SparkSession, kind: str | None = None) -> SessionCapabil
 def active_session() -> Any:
     """The session this process is using (classic or Spark Connect), or None."""
     active = SparkSession.getActiveSession()
-    if active is None:
+    # a Connect session is active only once its module was imported (importing it costs half a second)
+    if active is None and "pyspark.sql.connect.session" in sys.modules:
         try:
             from pyspark.sql.connect.session import SparkSession as ConnectSession
 

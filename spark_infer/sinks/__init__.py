@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from spark_infer.sinks.base import (
+    ClaimsUnits,
     Committed,
     FilesRecord,
     OutputTable,
@@ -17,5 +18,5 @@ from spark_infer.sinks.base import (
     registered_sinks,
 )
 
-__all__ = ["Committed", "FilesRecord", "OutputTable", "RecordsUnitFiles", "discover", "open_sink", "register_sink",
+__all__ = ["ClaimsUnits", "Committed", "FilesRecord", "OutputTable", "RecordsUnitFiles", "discover", "open_sink", "register_sink",
            "registered_sinks"]

@@ -64,6 +64,23 @@ class CommitLog:
         except Exception:  # noqa: BLE001 - cannot tell: the caller's error stands
             return None
 
+    def since(self, version: int, run_id: str) -> tuple[int, bool]:
+        """The newest version, and whether a commit after `version` is not one of run `run_id`'s
+        (another run's, or a user's OPTIMIZE or DELETE)."""
+        with self._lock:
+            log = self._log()
+            if log is not None:
+                newest = int(log.version())
+                if newest <= version:
+                    return newest, False
+                history = log.history(newest - version)
+                return newest, any(int(h["version"]) > version and marker_of(h.get("userMetadata")).get(
+                    "spark_infer_run") != run_id for h in history)
+        rows = self._history()
+        newest = max((int(r["version"]) for r in rows), default=version)
+        return newest, any(int(r["version"]) > version and marker_of(r["userMetadata"]).get("spark_infer_run") != run_id
+                           for r in rows)
+
     def verify(self, app_id: str, marker: str, since: int, plan_version: int, units_id: str, run_id: str) -> int:
         """The version our commit landed at; raises when Delta skipped the write."""
         landed = self.find(marker, since)
@@ -71,7 +88,9 @@ class CommitLog:
             return landed
         with self._lock:
             log = self._log()
-            others = ((log.transaction_version(app_id) or -1) >= plan_version + 1) if log is not None else None
+            # a transaction version of 0 is a commit too (a run that planned before the table existed)
+            txn = log.transaction_version(app_id) if log is not None else None
+            others = (txn is not None and txn >= plan_version + 1) if log is not None else None
         if others is None:
             # no log reader here: another run's commit of these very units since the plan (its marker
             # names the same app id); this run's own earlier groups are not "another run"

@@ -87,6 +87,20 @@ class RecordsUnitFiles(Protocol):
 
 
 @runtime_checkable
+class ClaimsUnits(Protocol):
+    """What an output may offer so that runs overlapping on it share its units (`spark_infer.job.claims`)
+    instead of scoring them twice; without it overlapping runs are still safe (one of two commits of
+    the same units fails), only not cheap."""
+
+    def claims(self) -> Any:
+        """The output's claims table: `live()` -> the claims in force, `change(fn)` -> apply `fn`
+        atomically (`spark_infer.sinks._claims.ClaimsTable`)."""
+
+    def commits_since(self, version: int, run_id: str) -> tuple[int, bool]:
+        """The output's newest version, and whether a commit after `version` was not run `run_id`'s."""
+
+
+@runtime_checkable
 class OutputTable(Protocol):
     """An output table as the job sees it."""
 

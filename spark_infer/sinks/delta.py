@@ -37,6 +37,7 @@ from spark_infer.delta_log import is_delta_table, open_log
 from spark_infer.errors import ConcurrentRunError, ConfigError
 from spark_infer.log import event
 from spark_infer.sessions import capabilities
+from spark_infer.sinks._claims import ClaimsTable
 from spark_infer.sinks._delta_commits import CommitLog
 from spark_infer.sinks._unit_files import UnitFilesTable
 from spark_infer.sinks.base import Committed, FilesRecord, register_sink
@@ -108,7 +109,8 @@ RUNS_SCHEMA = (
     "output_version_before long, output_version_after long, units_planned int, units_scored int, "
     "units_skipped int, units_failed int, units_deleted int, rows long, error_rows long, tokens long, "
     "durations_json string, error string, started_at string, ended_at string, session_kind string, "
-    "staging string, device_kind string, precision string, workers_json string"
+    "staging string, device_kind string, precision string, workers_json string, rows_uncommitted long, "
+    "units_done_elsewhere int"
 )
 
 
@@ -134,7 +136,7 @@ class DeltaOutput:
         self.stats_columns = list(stats_columns)
         self._location: str | None = None
         self._commits = CommitLog(self)
-        if capabilities(spark).remote:
+        if spark is not None and capabilities(spark).remote:  # None: log reads only (JobSession.log_sink)
             _raise_typed_conflicts_on_connect()
 
     # -- state ------------------------------------------------------------------------------------
@@ -314,7 +316,7 @@ class DeltaOutput:
                 writer.saveAsTable(self.table.name)
         except Exception:
             # a stop can interrupt the call after Delta committed: the commit counts if it is there
-            landed = self._find_commit(marker, since)
+            landed = self._commits.find(marker, since)
             if landed is not None:
                 return landed
             raise
@@ -323,9 +325,6 @@ class DeltaOutput:
     def delete_units(self, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
         empty = self.spark.createDataFrame([], self.table.read(self.spark).schema)
         return self.write_units(empty, predicate, "delete:" + units_id, plan_version, run_id)
-
-    def _find_commit(self, marker: str, since: int) -> int | None:
-        return self._commits.find(marker, since)
 
     def _verify(self, app_id: str, marker: str, since: int, plan_version: int, units_id: str, run_id: str) -> int:
         return self._commits.verify(app_id, marker, since, plan_version, units_id, run_id)
@@ -346,6 +345,13 @@ class DeltaOutput:
             w.save(ref.location)
         else:
             w.saveAsTable(ref.name)
+
+    def claims(self) -> ClaimsTable:  # `ClaimsUnits`: runs that overlap share the units
+        """`<output>_claims`: which live run is scoring which units of this output."""
+        return ClaimsTable(self.spark, self.table.ref.rstrip("/") + "_claims", is_delta_conflict)
+
+    def commits_since(self, version: int, run_id: str) -> tuple[int, bool]:
+        return self._commits.since(version, run_id)
 
     # -- the unit-files table (`RecordsUnitFiles`: an accelerator of plans, beside the output) -------
     @property
