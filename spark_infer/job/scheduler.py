@@ -66,6 +66,8 @@ class GroupScheduler:
                      tasks_now=tasks_now) as progress,
             ThreadPoolExecutor(max_workers=self.concurrent, thread_name_prefix="group") as pool,
         ):
+            # a later round (after waiting for another run's claims) goes on counting from the earlier ones
+            progress.units_done, progress.rows_done = len(self.summary.units_committed), self.summary.rows_scored
             futures = [pool.submit(self._one, i, g, work, progress, claims) for i, g in enumerate(groups)]
             try:
                 for f in futures:

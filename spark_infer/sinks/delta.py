@@ -259,16 +259,17 @@ class DeltaOutput:
         props = ", ".join(f"'{k}' = '{v}'" for k, v in self._properties(layout).items())
         sql = (f"CREATE TABLE IF NOT EXISTS {self.table.sql_name} ({cols}) USING delta "
                + (f"PARTITIONED BY ({parts}) " if parts else "") + f"TBLPROPERTIES ({props})")
+        failure: Exception | None = None
         try:
             self.spark.sql(sql)
-        except Exception:
-            # another run created it at the same moment: fine once it is there (its commit may
-            # still be landing when ours failed)
-            for _ in range(20):
-                if self.exists():
-                    return
-                time.sleep(0.5)
-            raise
+        except Exception as exc:  # noqa: BLE001 - raised below unless another run created it
+            failure = exc
+        # another run creating it now (ours failed, or skipped its folder before its commit): fine once there
+        for _ in range(20):
+            if self.exists():
+                return
+            time.sleep(0.5)
+        raise failure or RuntimeError(f"the output {self.ref} was not created (no Delta commit appeared)")
 
     def _upgrade(self, schema: StructType, layout: Mapping[str, str]) -> None:
         """Add lineage columns and properties an older version of spark-infer did not write."""
