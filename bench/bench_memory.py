@@ -28,6 +28,8 @@ import threading
 import time
 from typing import Any
 
+from spark_infer.launch import cmdline, descendants
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.join(os.path.dirname(HERE), "tests")
 WORKER_MARKERS = ("pyspark.daemon", "pyspark.worker")
@@ -35,33 +37,6 @@ TARGET_RATIO = 1.15
 
 
 # -- process sampling ---------------------------------------------------------------------------
-def _descendants_proc(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(name))
-    out, todo = [], list(children.get(root, ()))
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, ()))
-    return out
-
-
-def _cmdline_proc(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _status_kib(pid: int, field: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -102,10 +77,10 @@ class WorkerRss:
         self.backend = "psutil" if self._psutil else "/proc"
         self._cmd: dict[int, bool] = {}
 
-    def _is_worker(self, pid: int, cmdline) -> bool:
+    def _is_worker(self, pid: int, read_cmdline) -> bool:
         hit = self._cmd.get(pid)
         if hit is None:
-            cmd = cmdline()
+            cmd = read_cmdline()
             hit = self._cmd[pid] = any(m in cmd for m in WORKER_MARKERS)
         return hit
 
@@ -125,8 +100,8 @@ class WorkerRss:
                 except ps.Error:
                     continue
             return out
-        for pid in _descendants_proc(self.root):
-            if self._is_worker(pid, lambda pid=pid: _cmdline_proc(pid)):
+        for pid in descendants(self.root):
+            if self._is_worker(pid, lambda pid=pid: cmdline(pid)):
                 kib = _status_kib(pid, "VmRSS")
                 if kib is not None:
                     out[pid] = kib * 1024

@@ -133,7 +133,7 @@ def run_forwarding_signals(cmd: list[str], env: dict[str, str] | None, script: s
         forwarded.append(time.monotonic())
         if not children:
             return  # not started yet: it gets SIGTERM once it is
-        targets = [p for p in descendants(children[0].pid) if script in _cmdline(p)] or [children[0].pid]
+        targets = [p for p in descendants(children[0].pid) if script in cmdline(p)] or [children[0].pid]
         for pid in targets:
             try:
                 os.kill(pid, signum)
@@ -165,7 +165,8 @@ def run_forwarding_signals(cmd: list[str], env: dict[str, str] | None, script: s
     return code
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
+    """The command line of process `pid` ("" when it is gone)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().replace(b"\0", b" ").decode(errors="replace")

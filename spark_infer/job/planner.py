@@ -108,17 +108,22 @@ class Planner:
                 committed = sink.committed_units(shape.unit_cols)
             known = _KnownFiles(sink, shape.unit_cols, shape.hashed)
             units = self._input_units(shape, df, committed, known)
-            pending, done, stale, orphaned = decide(
-                units, committed, self.spec.fingerprint, cfg.commit.on_model_change, cfg.commit.rescore_errors)
-            plan = Plan(tuple(shape.unit_cols), shape.bucketed, inp.version, pending, done, stale, orphaned,
-                        delete_orphans=cfg.commit.on_orphan == "delete",
-                        max_orphan_share=cfg.commit.max_orphan_share,
-                        allow_mass_delete=cfg.commit.allow_mass_delete)
+            plan = self._decide(shape, units, committed)
         self.summary.plan = plan.counts()
         self.summary.durations_s["plan"] = round(time.monotonic() - t0, 3)
         session.count_jobs("plan")
         settled = {u.key for u in (*plan.done, *plan.stale_model)}
         return Planned(plan, shape, df, tuple(r for k, r in known.learned.items() if k in settled))
+
+    def _decide(self, shape: JobShape, units: list[InputUnit], committed: dict[UnitKey, Committed]) -> Plan:
+        """The plan's decisions (`plan.decide`) with the job's commit settings: one place for both ways
+        of planning, so a plan from the logs alone decides exactly as the session's would."""
+        c = self.cfg.commit
+        pending, done, stale, orphaned = decide(units, committed, self.spec.fingerprint, c.on_model_change,
+                                                c.rescore_errors)
+        return Plan(tuple(shape.unit_cols), shape.bucketed, self.input.version, pending, done, stale, orphaned,
+                    delete_orphans=c.on_orphan == "delete", max_orphan_share=c.max_orphan_share,
+                    allow_mass_delete=c.allow_mass_delete)
 
     def _plan_from_logs(self, shape: JobShape, t0: float) -> Planned | None:
         """The plan from the two Delta logs alone, when that is certain and it leaves nothing to do:
@@ -154,11 +159,7 @@ class Planner:
             return None
         if units is None:
             return None
-        pending, done, stale, orphaned = decide(
-            units, committed, self.spec.fingerprint, cfg.commit.on_model_change, cfg.commit.rescore_errors)
-        plan = Plan(tuple(shape.unit_cols), shape.bucketed, inp.version, pending, done, stale, orphaned,
-                    delete_orphans=cfg.commit.on_orphan == "delete",
-                    max_orphan_share=cfg.commit.max_orphan_share, allow_mass_delete=cfg.commit.allow_mass_delete)
+        plan = self._decide(shape, units, committed)
         if plan.pending or (plan.orphaned and plan.delete_orphans) or known.learned:
             return None  # something to write: the session plans it (the same decisions) and scores
         s = self.summary
