@@ -16,7 +16,8 @@
 # MAGIC * **model**: a fine-tuned sequence-classification model: a folder (for example on a Volume) or a
 # MAGIC   Hugging Face id already in the cluster's Hugging Face cache. Labels come from its `id2label`.
 # MAGIC * **output**: `prediction` is `struct<label, score[, probabilities]>` (`probabilities` with
-# MAGIC   `return_all_scores = true`; `multi_label = true` scores each label with its own sigmoid).
+# MAGIC   `return_all_scores = true`). Scores are what `pipeline("text-classification")` gives: a multi-label
+# MAGIC   model (`problem_type`) scores each label with its own sigmoid; `function_to_apply` forces one.
 # MAGIC
 # MAGIC Outside Databricks the same file runs as plain Python (`python notebooks/classification.py`): each widget then
 # MAGIC reads `$SPARK_INFER_<NAME>` (e.g. `SPARK_INFER_OUTPUT=/data/out`) or its default.
@@ -50,7 +51,8 @@ w = widgets(globals().get("dbutils"))  # dbutils.widgets on Databricks; $SPARK_I
 job_widgets(w, output="demo-output/notebook_classification", model_label="classification model",
             model="distilbert/distilbert-base-uncased-finetuned-sst-2-english")
 w.dropdown("return_all_scores", "false", ["true", "false"], "add every label's probability")
-w.dropdown("multi_label", "false", ["true", "false"], "independent label scores")
+w.dropdown("function_to_apply", "default", ["default", "sigmoid", "softmax", "none"],
+           "default: the model's problem_type (multi-label: sigmoid), as the transformers pipeline")
 w.dropdown("change_data_feed", "false", ["true", "false"], "Change Data Feed on output")
 
 # COMMAND ----------
@@ -65,7 +67,7 @@ config = {
     "task": "classify",
     "task_options": {
         "return_all_scores": w.get("return_all_scores") == "true",
-        "multi_label": w.get("multi_label") == "true",
+        "function_to_apply": w.get("function_to_apply"),
     },
     "change_data_feed": w.get("change_data_feed") == "true",
     "job_name": "spark-infer-classification-notebook",

@@ -47,7 +47,7 @@ from spark_infer import run_job
 
 w = widgets(globals().get("dbutils"))  # dbutils.widgets on Databricks; $SPARK_INFER_<NAME> elsewhere
 job_widgets(w, output="demo-output/notebook_embeddings")  # input, output, model, columns, device, demo table
-w.dropdown("normalize", "true", ["true", "false"], "L2-normalise")
+w.dropdown("normalize", "model", ["model", "true", "false"], "model: as its modules say; true/false: force")
 w.dropdown("change_data_feed", "true", ["true", "false"], "Change Data Feed on output")
 
 # COMMAND ----------
@@ -60,7 +60,7 @@ source = input_table(spark, w)   # the `input` widget, or the demo table (writte
 config = {
     **job_fields(w, source),  # model: empty = the packaged all-MiniLM-L6-v2
     "task": "embed",
-    "task_options": {"normalize": w.get("normalize") == "true"},
+    "task_options": {"normalize": {"true": True, "false": False}.get(w.get("normalize"))},
     "change_data_feed": w.get("change_data_feed") == "true",  # needed by a Vector Search delta-sync index
     "job_name": "spark-infer-embeddings-notebook",
 }

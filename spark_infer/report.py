@@ -35,6 +35,8 @@ class RunSummary:
     task: str = ""
     model: str = ""
     model_fingerprint: str = ""
+    #: what the task assumed about the model at plan time (e.g. a folder without modules.json)
+    model_assumed: list[str] = field(default_factory=list)
     #: where the run scores and in which precision ("cuda", "float16"): both are in the fingerprint
     device_kind: str = ""
     precision: str = ""
@@ -95,6 +97,7 @@ class RunSummary:
             # where and how rows were scored: what a reader needs to tell runs of one table apart
             "session_kind": self.session_kind, "staging": self.staging, "device_kind": self.device_kind,
             "precision": self.precision, "workers_json": json.dumps(self.workers, sort_keys=True, default=str),
+            "model_assumed": "; ".join(self.model_assumed) or None,
         }
 
 

@@ -166,7 +166,7 @@ def test_bad_configuration_is_named_and_writes_nothing(spark, tmp_path, tables, 
     _assert_config_error(tmp_path, capsys, [*base, "--text-col", "body"], "text_col", "'body'", out=out)
     _assert_config_error(tmp_path, capsys, ["--input", inp, "--output", out, "--model", str(tmp_path / "nope")],
                          "model=", "nope", out=out)
-    _assert_config_error(tmp_path, capsys, [*base, "--option", "pooling=max"], "pooling", out=out)
+    _assert_config_error(tmp_path, capsys, [*base, "--option", "pooling=median"], "pooling", out=out)
     _assert_config_error(tmp_path, capsys, [*base, "--gpus-per-task", "1.5"], "gpus_per_task", "one GPU per task",
                          out=out)
     _assert_config_error(tmp_path, capsys, ["--input", str(tmp_path / "missing"), "--output", out,
@@ -249,6 +249,10 @@ def test_run_job_python_api(spark, tmp_path, tables, tiny_bert):
     s = run_job({"input": inp, "output": out, "model": tiny_bert}, spark=spark, batch_size=16)
     assert s.status == "succeeded" and s.exit_code == 0 and len(s.units_committed) == 3
     assert spark.read.format("delta").load(out).count() == len(rows)
+    # a plain model folder (no modules.json): the documented default was assumed, and the record says so
+    assert s.model_assumed == ["no modules.json: mean pooling + L2 normalisation assumed (the embed task's default)"]
+    (run,) = spark.read.format("delta").load(out + "_runs").collect()
+    assert run["model_assumed"] == s.model_assumed[0]
     bad = run_job({"input": inp, "output": out, "model": tiny_bert, "text_col": "nope"})
     assert bad.status == "config_error" and bad.exit_code == 2 and "text_col" in bad.error
     worse = run_job({"inptu": inp})

@@ -130,6 +130,9 @@ class ScoringJob:
             self.spec, self.devices = place(cfg, spec_any, self.session, self.summary)
             self.summary.model = self.spec.reference
             self.summary.model_fingerprint = self.spec.fingerprint
+            self.summary.model_assumed = list(self.spec.assumed)
+            for note in self.spec.assumed:
+                event("model_assumed", model=self.spec.reference, note=note)
         return self.spec
 
     def make_plan(self) -> Plan:

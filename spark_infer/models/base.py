@@ -68,6 +68,16 @@ class ModelSnapshot:
             check_manifest(self, path)
         return path
 
+    def read_file(self, rel: str) -> bytes | None:
+        """One small file of the snapshot (`modules.json`, a module's config), read where the driver
+        can read it without fetching the whole model; None when the snapshot has no such file.
+
+        What plan-time checks read, so a model the workers cannot run is refused before anything is
+        scored."""
+        if self.manifest and rel not in {p for p, _ in self.manifest}:
+            return None
+        return source_named(self.source).read_file(self, rel)
+
 
 def check_manifest(snapshot: ModelSnapshot, path: str) -> None:
     """Raise ModelMismatchError when the files at `path` are not the ones the driver fingerprinted."""
@@ -112,6 +122,16 @@ class ModelSource(ABC):
     @abstractmethod
     def local_dir(cls, snapshot: ModelSnapshot) -> str:
         """A local folder holding `snapshot`'s files (worker side)."""
+
+    @classmethod
+    def read_file(cls, snapshot: ModelSnapshot, rel: str) -> bytes | None:
+        """One file's bytes (driver side). This default reads it from `local_dir`: right for sources
+        whose snapshot is already on this machine; sources that download override it."""
+        path = os.path.join(cls.local_dir(snapshot), rel)
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            return f.read()
 
 
 def source_named(name: str) -> type[ModelSource]:

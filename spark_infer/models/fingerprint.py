@@ -93,11 +93,11 @@ def hash_model_dir(model_dir: str) -> str:
 
 
 def manifest(model_dir: str) -> tuple[tuple[tuple[str, int], ...], str]:
-    """(relative path, size) of every model file, and the sha256 of config.json (or predictor.json):
+    """(relative path, size) of every model file, and the sha256 of config.json (or predictor.json, modules.json):
     what a worker checks, cheaply, that it loads the same model the driver fingerprinted."""
     files = tuple(sorted((rel, os.path.getsize(os.path.join(model_dir, rel))) for rel in model_files(model_dir)))
     config = ""
-    for name in ("config.json", "predictor.json"):
+    for name in ("config.json", "predictor.json", "modules.json"):
         path = os.path.join(model_dir, name)
         if os.path.exists(path):
             config = file_sha256(path)

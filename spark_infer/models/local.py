@@ -9,8 +9,9 @@ from spark_infer.errors import ConfigError
 from spark_infer.models.base import ModelSnapshot, ModelSource, register_source
 from spark_infer.models.fingerprint import hash_model_dir, manifest
 
-#: files that mark a folder as loadable: a Hugging Face config or a custom predictor's manifest
-MODEL_MARKERS = ("config.json", "predictor.json")
+#: files that make a folder a model: a transformers config, a custom predictor, or a
+#: sentence-transformers module list (older folders keep the transformer's config in 0_Transformer/)
+MODEL_MARKERS = ("config.json", "predictor.json", "modules.json")
 
 
 def looks_like_path(reference: str) -> bool:
@@ -33,7 +34,8 @@ class LocalFolderSource(ModelSource):
         if not os.path.isdir(path):
             raise ConfigError(f"model={reference!r}: no such model folder")
         if not any(os.path.exists(os.path.join(path, m)) for m in MODEL_MARKERS):
-            raise ConfigError(f"model={reference!r}: folder has no config.json (not a model folder)")
+            raise ConfigError(f"model={reference!r}: folder has no config.json, predictor.json or modules.json "
+                              "(not a model folder)")
         if revision is not None:
             raise ConfigError(f"model_revision={revision!r}: a local folder has no revisions")
         # workers resolve the reference from their own working directory: it is absolute from here on

@@ -231,6 +231,24 @@ class MlflowSource(ModelSource):
                              revision=pinned, manifest=manifest, config_sha256=config_sha)
 
     @classmethod
+    def read_file(cls, snapshot: ModelSnapshot, rel: str) -> bytes | None:
+        # one artifact through the repository, not the version's download (the model folder's file,
+        # which wins over a tokenizer file of the same name, as in the assembled folder)
+        loc = json.loads(snapshot.locator)
+        _mlflow()
+        repo = _repository(loc["uri"], loc.get("tracking_uri"), loc.get("registry_uri"))
+        layout = loc["layout"]
+        for key in ("model", "tokenizer"):
+            base = layout.get(key)
+            if base is None:
+                continue
+            try:
+                return _read_bytes(repo, posixpath.join(base, rel) if base else rel)
+            except Exception:  # noqa: BLE001 - not in this part of the layout: try the next
+                continue
+        return None
+
+    @classmethod
     def local_dir(cls, snapshot: ModelSnapshot) -> str:
         loc = json.loads(snapshot.locator)
 

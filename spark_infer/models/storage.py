@@ -141,7 +141,7 @@ class StorageSource(ModelSource):
                  if info.get("type", "file") == "file"}
         files = {rel: info for rel, info in files.items() if not rel.startswith("..") and is_model_file(rel)}
         if not any(m in files for m in MODEL_MARKERS):
-            raise ConfigError(f"model={reference!r}: no config.json or predictor.json in that folder "
+            raise ConfigError(f"model={reference!r}: no config.json, predictor.json or modules.json in that folder "
                               f"({len(files)} files listed): not a loadable model")
         manifest = tuple(sorted((rel, int(info.get("size") or 0)) for rel, info in files.items()))
         tags = sorted(f"{rel}|{info.get('size')}|{_version_tag(info)}" for rel, info in files.items())
@@ -152,6 +152,15 @@ class StorageSource(ModelSource):
         locator = json.dumps({"url": reference, "versions": versions, "lister": _lister(reference)})
         return ModelSnapshot(source=cls.name, reference=reference, locator=locator,
                              identity=identity, manifest=manifest, config_sha256=config_sha)
+
+    @classmethod
+    def read_file(cls, snapshot: ModelSnapshot, rel: str) -> bytes | None:
+        # one object read, not the folder's download
+        fs, root = _filesystem(json.loads(snapshot.locator)["url"])
+        try:
+            return fs.cat_file(posixpath.join(root.rstrip("/"), rel))
+        except FileNotFoundError:
+            return None
 
     @classmethod
     def local_dir(cls, snapshot: ModelSnapshot) -> str:

@@ -41,6 +41,8 @@ class ModelSpec:
     #: the resolved precision: both change outputs, so both are fingerprinted
     device_kind: str = "any"
     dtype: str = "auto"
+    #: what the task had to assume about the model at plan time (recorded with the run)
+    assumed: tuple[str, ...] = ()
 
     # The task class and parsed options are looked up once per process and kept in __dict__ under
     # `_cached_*`; they are not pickled (workers look them up again, from their own installation).
@@ -94,7 +96,7 @@ class ModelSpec:
             raise ConfigError(f"device_kind={device_kind!r}: expected any, cpu or cuda")
         return ModelSpec(task=self.task, snapshot=self.snapshot, options_json=self.options_json,
                          fingerprint=_fingerprint(self.task, self.options_json, self.snapshot, device_kind, dtype),
-                         device_kind=device_kind, dtype=dtype)
+                         device_kind=device_kind, dtype=dtype, assumed=self.assumed)
 
     def load(self, device: str) -> Task:
         """Instantiate the task on `device` (the worker calls this through the model cache)."""
@@ -144,8 +146,32 @@ def make_spec(task: str, model: str | None = None, *, revision: str | None = Non
         raise ConfigError(f"device_kind={device_kind!r}: expected any, cpu or cuda")
     opts = task_options(task, **options)
     snapshot = resolve_model(model, revision)
+    assumed = check_model(task, opts, snapshot)
     options_json = json.dumps(opts.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     dtype = resolved_dtype(getattr(opts, "dtype", "auto"), device_kind)
     return ModelSpec(task=task, snapshot=snapshot, options_json=options_json,
                      fingerprint=_fingerprint(task, options_json, snapshot, device_kind, dtype),
-                     device_kind=device_kind, dtype=dtype)
+                     device_kind=device_kind, dtype=dtype, assumed=tuple(assumed))
+
+
+class _SnapshotFiles:
+    """A snapshot's files as a task's plan-time check reads them (`tasks.base.ModelFiles`)."""
+
+    def __init__(self, snapshot: ModelSnapshot) -> None:
+        self.snapshot = snapshot
+        self.names = frozenset(p for p, _ in snapshot.manifest)
+        self._read: dict[str, bytes | None] = {}
+
+    def read(self, rel: str) -> bytes | None:
+        if rel not in self._read:
+            self._read[rel] = self.snapshot.read_file(rel)
+        return self._read[rel]
+
+
+def check_model(task: str, options: TaskOptions, snapshot: ModelSnapshot) -> list[str]:
+    """The task's plan-time check of the model's files: ConfigError naming what it cannot run; the
+    assumptions it made otherwise."""
+    try:
+        return get_task(task).check_model(options, _SnapshotFiles(snapshot))
+    except ValueError as exc:
+        raise ConfigError(f"model={snapshot.reference!r} cannot run as task {task!r}: {exc}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,16 @@ class TaskOptions(BaseModel):
     dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16|float16)$")
     trust_remote_code: bool = Field(default=False, description="run code shipped with the model (unsafe)")
     allow_pickle: bool = Field(default=False, description="allow pickle (.bin) weights when no safetensors exist")
+
+
+class ModelFiles(Protocol):
+    """A model snapshot's files as the driver sees them at plan time (no weights loaded)."""
+
+    #: relative paths of the snapshot's files ('/'-separated)
+    names: frozenset[str]
+
+    def read(self, rel: str) -> bytes | None:
+        """One small file's bytes; None when the snapshot has no such file."""
 
 
 @dataclass
@@ -78,6 +88,13 @@ class Task(ABC):
     @abstractmethod
     def output_type_for(cls, options: TaskOptions) -> pa.DataType:
         """The Arrow type of one output value, known before any model is loaded."""
+
+    @classmethod
+    def check_model(cls, options: TaskOptions, files: ModelFiles) -> list[str]:
+        """Plan-time check that this task can run the model as its own library would (driver side,
+        from a few small files). Raises ValueError naming what it cannot run; returns what it had
+        to assume (recorded with the run). The default checks nothing."""
+        return []
 
     @classmethod
     def input_columns(cls, options: TaskOptions) -> list[str] | None:

@@ -20,13 +20,22 @@ Sampling (`do_sample: true`) generates each row on its own, seeded with `seed` a
 the row's prompt: a row's output depends only on (model, options, prompt), never on which rows share
 its micro-batch, and rows with equal prompts get equal outputs. Greedy and beam search run batched.
 
+Decoding settings are the model's own: its `generation_config.json` (num_beams, do_sample,
+temperature, repetition_penalty, no_repeat_ngram_size, length limits...) updated with the options
+that were set, exactly as `model.generate(**options)` merges its keyword arguments. An option left
+unset never overrides the model. `max_new_tokens` unset is the model's `max_new_tokens`, else its
+`max_length` when its config sets one, else 64. A model whose config samples (`do_sample: true`)
+samples here too, seeded per row, so reruns give the same text.
+
 The token budget (`token_budget`) counts what generation holds in memory: each row weighs
 (prompt tokens + max_new_tokens) x num_beams.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import string
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -37,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from spark_infer.tasks.base import Encoding, TaskOptions, register
+from spark_infer.tasks.base import Encoding, ModelFiles, TaskOptions, register
 from spark_infer.tasks.hf import HFTextTask
 
 
@@ -50,11 +59,20 @@ class GenerateOptions(TaskOptions):
     chat_template: bool = Field(
         default=False, description="wrap the prompt as a user message with the tokenizer's chat template"
     )
-    max_new_tokens: int = Field(default=64, ge=1, le=1_000_000, description="generated tokens per row, at most")
-    num_beams: int = Field(default=1, ge=1, le=64, description="beam search width (1 = greedy or sampling)")
-    do_sample: bool = Field(default=False, description="sample (per row, seeded) instead of greedy/beam search")
-    temperature: float | None = Field(default=None, gt=0, description="sampling temperature (do_sample only)")
-    top_p: float | None = Field(default=None, gt=0, le=1, description="nucleus sampling mass (do_sample only)")
+    # Left unset (None), each of these is the model's own generation_config.json value, merged the
+    # way `model.generate(**kwargs)` merges its kwargs into the model's generation config.
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="generated tokens per row, at most (unset: the model's generation config, else 64)")
+    min_new_tokens: int | None = Field(default=None, ge=0, description="generate at least this many tokens")
+    num_beams: int | None = Field(default=None, ge=1, le=64, description="beam search width (1 = greedy or sampling)")
+    do_sample: bool | None = Field(default=None, description="sample (per row, seeded) instead of greedy/beam search")
+    temperature: float | None = Field(default=None, gt=0, description="sampling temperature (sampling only)")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="nucleus sampling mass (sampling only)")
+    top_k: int | None = Field(default=None, ge=0, description="sample among the k likeliest tokens (sampling only)")
+    repetition_penalty: float | None = Field(default=None, gt=0, description="penalise repeated tokens (>1)")
+    length_penalty: float | None = Field(default=None, description="beam search: >0 favours longer outputs")
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0, description="never repeat an n-gram of this size")
     seed: int = Field(default=0, description="sampling seed, combined per row with a hash of the prompt")
     stop: list[str] = Field(default_factory=list, description="cut the output before the first of these")
 
@@ -74,9 +92,24 @@ class GenerateOptions(TaskOptions):
 
     @model_validator(mode="after")
     def _sampling_only(self) -> GenerateOptions:
-        if not self.do_sample and (self.temperature is not None or self.top_p is not None):
-            raise ValueError("temperature and top_p apply only with do_sample=true")
+        if self.do_sample is False and self.sampling_options():
+            raise ValueError(f"{', '.join(self.sampling_options())} apply only when sampling (do_sample=true)")
         return self
+
+    def sampling_options(self) -> list[str]:
+        return [k for k in SAMPLING if getattr(self, k) is not None]
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The options the user set, as `model.generate` kwargs (the rest is the model's own)."""
+        return {k: getattr(self, k) for k in GENERATION_KWARGS if getattr(self, k) is not None}
+
+
+#: generate() kwargs the options pass through when set
+GENERATION_KWARGS = ("max_new_tokens", "min_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k",
+                     "repetition_penalty", "length_penalty", "no_repeat_ngram_size")
+SAMPLING = ("temperature", "top_p", "top_k")
+#: new tokens per row when neither the options nor the model's generation config bound them
+DEFAULT_NEW_TOKENS = 64
 
 
 def template_fields(template: str) -> list[str]:
@@ -155,34 +188,54 @@ class GenerateTask(HFTextTask):
             raise ValueError(f"{model_dir}: the tokenizer has neither a pad nor an eos token")
         self.bos_id = tok.bos_token_id if tok.bos_token_id is not None else gen_cfg.bos_token_id
 
+        # the model's generation config, updated with the options that were set (as generate merges kwargs)
+        explicit = options.generation_kwargs()
+        effective = copy.deepcopy(gen_cfg)
+        effective.update(**explicit)
+        if options.max_new_tokens is not None:
+            self.new_tokens = options.max_new_tokens
+        elif gen_cfg.max_new_tokens is not None:
+            self.new_tokens = gen_cfg.max_new_tokens
+        elif "max_length" in gen_cfg.to_diff_dict():
+            # the model bounds the whole length (decoder-only: prompt included): generate runs to it
+            self.new_tokens = gen_cfg.max_length
+        else:
+            self.new_tokens = explicit["max_new_tokens"] = DEFAULT_NEW_TOKENS
+        self.do_sample = bool(effective.do_sample)
+        self.beams = int(effective.num_beams or 1)
+        if not self.do_sample and options.sampling_options():
+            raise ValueError(f"{', '.join(options.sampling_options())} apply only when sampling, and the model's "
+                             "generation config does not sample: set do_sample=true")
+
         if not self.seq2seq:
             # a decoder-only model holds prompt + generated tokens in one context window
             n_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
             if isinstance(n_pos, int) and n_pos > 0:
-                room = n_pos - options.max_new_tokens
+                room = n_pos - self.new_tokens
                 if room < 1:
                     raise ValueError(
-                        f"max_new_tokens={options.max_new_tokens} leaves no room for a prompt in the "
+                        f"max_new_tokens={self.new_tokens} leaves no room for a prompt in the "
                         f"model's {n_pos}-token context"
                     )
                 self.max_length = min(self.max_length, room)
 
-        self.gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": options.max_new_tokens,
-            "num_beams": options.num_beams,
-            "do_sample": options.do_sample,
-            "pad_token_id": self.pad_id,
-        }
+        self.gen_kwargs: dict[str, Any] = {**explicit, "pad_token_id": self.pad_id}
         if self.eos_ids:
             self.gen_kwargs["eos_token_id"] = sorted(self.eos_ids)
-        if options.do_sample:
-            if options.temperature is not None:
-                self.gen_kwargs["temperature"] = options.temperature
-            if options.top_p is not None:
-                self.gen_kwargs["top_p"] = options.top_p
         self.fields = template_fields(options.prompt_template) if options.prompt_template else None
 
     # -- interface --------------------------------------------------------------------------------
+    @classmethod
+    def check_model(cls, options: TaskOptions, files: ModelFiles) -> list[str]:
+        assert isinstance(options, GenerateOptions)
+        raw = files.read("generation_config.json")
+        model_cfg = json.loads(raw) if raw else {}
+        sampling = options.do_sample if options.do_sample is not None else bool(model_cfg.get("do_sample"))
+        if not sampling and options.sampling_options():
+            raise ValueError(f"{', '.join(options.sampling_options())} apply only when sampling, and the model's "
+                             "generation config does not sample: set do_sample=true")
+        return []
+
     @classmethod
     def output_type_for(cls, options: TaskOptions) -> pa.DataType:
         return pa.struct([
@@ -223,7 +276,7 @@ class GenerateTask(HFTextTask):
                     raise ValueError("empty prompt (no tokens)")
                 ids[j] = [self.bos_id]
         return GenerateEncoding(ids=ids, truncated=len(long_rows), extra={"prompts": prompts},
-                                new_tokens=self.options.max_new_tokens, beams=self.options.num_beams)
+                                new_tokens=self.new_tokens, beams=self.beams)
 
     def prompt(self, value: Any) -> str:
         """The prompt text for one row (a str, or a dict of columns with a template)."""
@@ -244,7 +297,7 @@ class GenerateTask(HFTextTask):
         return self.options.prompt_template.format(**{f: value[f] for f in self.fields})
 
     def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array:
-        if self.options.do_sample:
+        if self.do_sample:
             # one row at a time, seeded by its prompt: independent of micro-batch composition
             prompts = encoding.extra["prompts"]
             results = []
