@@ -35,7 +35,7 @@ def import_cell(source: str) -> str:
 
 def test_the_three_notebooks_are_there():
     names = {os.path.basename(p) for p in NOTEBOOKS}
-    assert {"embeddings_to_delta.py", "classification.py", "summarization.py"} <= names
+    assert {"embeddings_to_delta.py", "classification.py", "summarization.py", "extraction.py"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
@@ -207,6 +207,31 @@ def test_embeddings_notebook_runs_as_plain_python_and_rerun_commits_nothing(tmp_
     assert "wrote the demo table" not in r2.stdout
     assert "units_committed=0" in r2.stdout
     assert DeltaTable(out).version() == version  # a finished job rerun commits nothing
+
+
+@pytest.mark.slow
+def test_extraction_notebook_writes_typed_columns(tmp_path):
+    """The extraction notebook end to end on the demo table with a tiny random seq2seq model: the
+    output column is the DDL's struct; a row is a valid value or an error row naming max_new_tokens."""
+    from deltalake import DeltaTable
+    from structured_models import make_bytelevel_t5
+
+    out = str(tmp_path / "extracted")
+    r = run_notebook(os.path.join(ROOT, "notebooks", "extraction.py"), {
+        "SPARK_INFER_DEMO_DIR": str(tmp_path / "demo"), "SPARK_INFER_DEMO_ROWS": "40",
+        "SPARK_INFER_OUTPUT": out, "SPARK_INFER_MODEL": make_bytelevel_t5(str(tmp_path / "t5")),
+        "SPARK_INFER_DEVICE": "cpu", "SPARK_INFER_CHAT_TEMPLATE": "false", "SPARK_INFER_MAX_NEW_TOKENS": "80",
+        "SPARK_INFER_MAX_ERROR_RATE": "1.0",
+    })
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert "price_mentioned" in r.stdout  # the notebook's printSchema / show of the typed fields
+    res = DeltaTable(out).to_pyarrow_table(columns=["id", "extracted", "error"])
+    assert str(res.schema.field("extracted").type) == (
+        "struct<category: string, price_mentioned: bool, colors: list<element: string>>")
+    assert res.num_rows == 40
+    for value, error in zip(res.column("extracted").to_pylist(), res.column("error").to_pylist(), strict=True):
+        assert (value is None) == (error is not None)
+        assert error is None or "max_new_tokens=80 reached" in error
 
 
 @pytest.mark.slow

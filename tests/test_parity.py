@@ -218,6 +218,7 @@ EMBED_CASES = [
     ("st_prompt", {"prompt": ""}),  # an explicit empty prompt overrides the default prompt
     ("st_prompt", {"prompt_name": "document"}),  # "" (sentence-transformers adds it on save)
     ("st_prompt", {"prompt_name": "passage", "normalize": False}),
+    ("st_prompt", {"max_length": 10}),  # the prompt's tokens count in the limit
     ("st_legacy_cls", {}),  # sentence-transformers < 6 format, CLS, max_seq_length 12
     ("st_legacy_cls", {"normalize": True}),
     ("st_legacy_mean_norm", {}),
@@ -448,6 +449,7 @@ GEN_CASES = [
                   "min_new_tokens": 2, "length_penalty": 0.5}),
     ("gen_chat", {**N, "chat_template": True}),
     ("gen_config", N),  # generation_config.json: beams 2, repetition penalty, no-repeat 2-grams, min 3
+    ("gen_config", {**N, "num_beams": 1, "no_repeat_ngram_size": 0}),  # options set override the config
     ("gen_config_max_new", {}),  # ... and max_new_tokens 7: nothing set here
     ("gen_t5_max_length", {}),  # generation_config.json max_length 8 (decoder tokens)
     ("gen_gpt2_max_length", {}),  # generation_config.json max_length 40 (prompt included): batch_size 1

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from spark_infer.errors import SystemicScoringError
 from spark_infer.runtime.metrics import new_counters
+from spark_infer.tasks.base import Scored
 
 if TYPE_CHECKING:
     from spark_infer.tasks.base import Task
@@ -29,6 +30,10 @@ log = logging.getLogger("spark_infer")
 
 class RowError(RuntimeError):
     """Raised with on_error=fail: names the row that could not be scored."""
+
+
+class InvalidOutputError(ValueError):
+    """A row the model ran on whose output is not a valid value (e.g. of a response format)."""
 
 
 #: rows of a task that may fail, one after another with none ever scored, before the model is
@@ -234,6 +239,13 @@ class Runner:
                 # isolate the bad row(s): retry one row at a time
                 todo[0:0] = [idx[i: i + 1] for i in range(len(idx))]
                 continue
+            if isinstance(out, Scored):
+                # rows the task scored but could not give a valid value (their output is null)
+                for k, msg in enumerate(out.errors):
+                    if msg is not None:
+                        self.counters["invalid_output_rows"] += 1
+                        self._row_failed(int(ok_rows[idx[k]]), InvalidOutputError(msg), errors, row_offset)
+                out = out.values
             if len(out) != len(idx):
                 raise RuntimeError(f"task {self.task.name} returned {len(out)} outputs for {len(idx)} rows")
             self.scored += len(idx)

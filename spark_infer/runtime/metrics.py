@@ -10,6 +10,7 @@ COUNTER_NAMES = (
     "null_rows",  # rows whose input was null (null output, no error)
     "scored_rows",  # rows that produced an output
     "error_rows",  # rows whose output is null because scoring them raised
+    "invalid_output_rows",  # error rows whose generated output is not a valid value (response_format)
     "tokens",  # real (unpadded) input tokens
     "padded_tokens",  # tokens including padding, as run by the model
     "truncated_rows",  # rows cut to max_length

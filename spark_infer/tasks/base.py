@@ -69,6 +69,15 @@ class Encoding:
         return self.length(j)
 
 
+@dataclass
+class Scored:
+    """What `predict` returns when some rows have no valid value: `values` holds nulls for them and
+    `errors` (one per row, None where the row is fine) says why; they become error rows."""
+
+    values: pa.Array
+    errors: list[str | None]
+
+
 class Task(ABC):
     """One inference task bound to a loaded model on one device."""
 
@@ -110,8 +119,9 @@ class Task(ABC):
         """Turn raw (non-null) inputs into model inputs. Called once per Arrow batch."""
 
     @abstractmethod
-    def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array:
-        """Outputs for rows `idx` of `encoding`, in that order, as an array of `output_type`."""
+    def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array | Scored:
+        """Outputs for rows `idx` of `encoding`, in that order, as an array of `output_type` (or a
+        `Scored` when some rows have no valid output; raising fails the whole micro-batch)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, most tasks need nothing
         """Release the model (called when the cache evicts it)."""

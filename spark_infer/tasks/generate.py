@@ -46,7 +46,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from spark_infer.tasks.base import Encoding, ModelFiles, TaskOptions, register
+from spark_infer.tasks import _structured as structured
+from spark_infer.tasks.base import Encoding, ModelFiles, Scored, TaskOptions, register
 from spark_infer.tasks.hf import HFTextTask
 
 
@@ -74,6 +75,14 @@ class GenerateOptions(TaskOptions):
     length_penalty: float | None = Field(default=None, description="beam search: >0 favours longer outputs")
     no_repeat_ngram_size: int | None = Field(default=None, ge=0, description="never repeat an n-gram of this size")
     seed: int = Field(default=0, description="sampling seed, combined per row with a hash of the prompt")
+    response_format: Any = Field(
+        default=None,
+        description="constrain the output: a Spark DDL struct ('category STRING, urgency INT'), a JSON schema, a "
+        "list of choices, or {'regex': ...}; the output column is then typed accordingly",
+    )
+    return_generation: bool = Field(
+        default=False, description="with response_format: struct<value, text, input_tokens, output_tokens, "
+        "finish_reason> instead of the value alone")
     stop: list[str] = Field(default_factory=list, description="cut the output before the first of these")
 
     @field_validator("prompt_template")
@@ -82,6 +91,11 @@ class GenerateOptions(TaskOptions):
         if v is not None:
             template_fields(v)  # raises ValueError naming the problem
         return v
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _response_format(cls, v: Any) -> Any:
+        return structured.normalise(v)
 
     @field_validator("stop")
     @classmethod
@@ -94,6 +108,13 @@ class GenerateOptions(TaskOptions):
     def _sampling_only(self) -> GenerateOptions:
         if self.do_sample is False and self.sampling_options():
             raise ValueError(f"{', '.join(self.sampling_options())} apply only when sampling (do_sample=true)")
+        if self.response_format is not None:
+            if self.num_beams not in (None, 1):
+                raise ValueError("response_format decodes one sequence per row: num_beams must be 1")
+            if self.stop:
+                raise ValueError("response_format ends the output where the value ends: stop strings would cut it")
+        elif self.return_generation:
+            raise ValueError("return_generation applies with a response_format")
         return self
 
     def sampling_options(self) -> list[str]:
@@ -222,6 +243,20 @@ class GenerateTask(HFTextTask):
         self.gen_kwargs: dict[str, Any] = {**explicit, "pad_token_id": self.pad_id}
         if self.eos_ids:
             self.gen_kwargs["eos_token_id"] = sorted(self.eos_ids)
+        self.format = options.response_format
+        self.grammar = None
+        if self.format is not None:
+            if not self.eos_ids:
+                raise ValueError(f"{model_dir}: response_format needs an eos token to end the value with")
+            if self.beams > 1:
+                raise ValueError(f"response_format decodes one sequence per row; the model uses num_beams={self.beams}")
+            import xgrammar as xgr
+
+            # compiled once per worker and device (the task is cached): every micro-batch shares it
+            info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=int(config.vocab_size),
+                                                      stop_token_ids=sorted(self.eos_ids))
+            self.grammar = structured.compile_grammar(xgr.GrammarCompiler(info), self.format)
+            self.value_type = structured.arrow_type(self.format)
         self.fields = template_fields(options.prompt_template) if options.prompt_template else None
 
     # -- interface --------------------------------------------------------------------------------
@@ -234,16 +269,28 @@ class GenerateTask(HFTextTask):
         if not sampling and options.sampling_options():
             raise ValueError(f"{', '.join(options.sampling_options())} apply only when sampling, and the model's "
                              "generation config does not sample: set do_sample=true")
+        if options.response_format is not None:
+            if (options.num_beams or model_cfg.get("num_beams") or 1) > 1:
+                raise ValueError("response_format decodes one sequence per row, and the model's generation config "
+                                 f"uses num_beams={model_cfg.get('num_beams')}: set num_beams=1")
+            structured.check_grammar(options.response_format)
         return []
 
     @classmethod
     def output_type_for(cls, options: TaskOptions) -> pa.DataType:
-        return pa.struct([
+        details = [
             pa.field("text", pa.string()),
             pa.field("input_tokens", pa.int32()),
             pa.field("output_tokens", pa.int32()),
             pa.field("finish_reason", pa.string()),
-        ])
+        ]
+        fmt = getattr(options, "response_format", None)
+        if fmt is None:
+            return pa.struct(details)
+        value = structured.arrow_type(fmt)
+        if getattr(options, "return_generation", False):
+            return pa.struct([pa.field("value", value), *details])
+        return value
 
     @classmethod
     def input_columns(cls, options: TaskOptions) -> list[str] | None:
@@ -307,15 +354,47 @@ class GenerateTask(HFTextTask):
         else:
             results = self._generate(encoding, idx)
         texts, n_out, reasons = zip(*results, strict=True) if results else ((), (), ())
-        return pa.StructArray.from_arrays(
-            [
-                pa.array(texts, type=pa.string()),
-                pa.array([len(encoding.ids[i]) for i in idx], type=pa.int32()),
-                pa.array(n_out, type=pa.int32()),
-                pa.array(reasons, type=pa.string()),
-            ],
-            fields=list(self.output_type),
-        )
+        details = [
+            pa.array(texts, type=pa.string()),
+            pa.array([len(encoding.ids[i]) for i in idx], type=pa.int32()),
+            pa.array(n_out, type=pa.int32()),
+            pa.array(reasons, type=pa.string()),
+        ]
+        if self.format is None:
+            return pa.StructArray.from_arrays(details, fields=list(self.output_type))
+        values, errors = self._values(texts, reasons)
+        if self.options.return_generation:
+            out = pa.StructArray.from_arrays([values, *details], fields=list(self.output_type),
+                                             mask=pa.array([e is not None for e in errors]))
+        else:
+            out = values
+        return Scored(out, errors)
+
+    def _values(self, texts: Sequence[str], reasons: Sequence[str]) -> tuple[pa.Array, list[str | None]]:
+        """The typed values of finished rows; null and the reason for rows that are not a valid value."""
+        values: list[Any] = []
+        errors: list[str | None] = []
+        for text, reason in zip(texts, reasons, strict=True):
+            try:
+                value = structured.parse(self.format, text, self.value_type)
+                if reason == "length" and not structured.complete_at_limit(self.format, text):
+                    raise structured.InvalidOutput("the value may continue past the end")
+                errors.append(None)
+            except structured.InvalidOutput as exc:
+                value = None
+                if reason == "length":
+                    errors.append(f"max_new_tokens={self.new_tokens} reached before the value was complete ({exc})")
+                else:
+                    errors.append(f"invalid output for the response_format: {exc}")
+            values.append(value)
+        arr = []
+        for k, v in enumerate(values):
+            try:
+                arr.append(pa.array([v], type=self.value_type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+                errors[k] = f"invalid output for the response_format: {exc}"
+                arr.append(pa.nulls(1, type=self.value_type))
+        return (pa.concat_arrays(arr) if arr else pa.nulls(0, type=self.value_type)), errors
 
     # -- internals --------------------------------------------------------------------------------
     def _generate(self, encoding: Encoding, idx: np.ndarray) -> list[tuple[str, int, str]]:
@@ -329,12 +408,20 @@ class GenerateTask(HFTextTask):
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [_stop_on_text(self._decode, self.options.stop, start, self.eos_ids)]
             )
+        if self.grammar is not None:
+            import xgrammar as xgr
+            from transformers import LogitsProcessorList
+
+            # one processor per generate call (it holds each row's grammar state)
+            kwargs["logits_processor"] = LogitsProcessorList([xgr.contrib.hf.LogitsProcessor(self.grammar)])
         with torch.inference_mode():
             seqs = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         return [self._finish(row) for row in seqs[:, start:].cpu().tolist()]
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        # a constrained value is decoded as generated (no clean-up of spaces inside JSON strings)
+        return self.tokenizer.decode(ids, skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=False if self.grammar is not None else None)
 
     def _finish(self, row: list[int]) -> tuple[str, int, str]:
         """(text, output_tokens, finish_reason) of one generated row (padding after its end ignored)."""

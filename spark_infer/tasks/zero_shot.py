@@ -21,7 +21,8 @@ call per label per row (the token budget counts every pair).
 
 Label descriptions (both modes) default to `hypothesis_template` filled with the label ("This text
 is about {label}."). When to use which: embedding is fastest and good for topic-like labels; NLI
-follows label wording more closely and handles multi-label.
+follows label wording more closely and handles multi-label; a generative model constrained to the
+labels (`generate` with `response_format` as a list of choices) suits labels that need reasoning.
 
 Output `struct<label:string, score:float[, scores:map<string,float>]>` (`scores` with
 `return_all_scores: true`).
