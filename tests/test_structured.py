@@ -188,18 +188,21 @@ def test_udf_and_sql_return_typed_columns(spark, models):
 
     from spark_infer.udf import predict_udf
 
-    rows = texts(200, seed=5)
+    rows = texts(150, seed=5)
     df = spark.createDataFrame(list(enumerate(rows)), "id int, text string").repartition(2)
-    extract = predict_udf("generate", model=models["seq2seq"], max_new_tokens=120, batch_size=64,
-                          response_format="category STRING, urgency TINYINT, refund BOOLEAN, tags ARRAY<STRING>",
+    extract = predict_udf("generate", model=models["seq2seq"], max_new_tokens=100, batch_size=64,
+                          response_format="category STRING, urgency TINYINT, refund BOOLEAN, tags ARRAY<STRING>, "
+                                          "customer STRUCT<name: STRING, vip: BOOLEAN>",
                           return_error=True)
     label = predict_udf("generate", model=models["causal"], response_format=CHOICES, batch_size=64)
-    out = df.select("id", extract("text").alias("x"), label("text").alias("label"))
+    code = predict_udf("generate", model=models["causal"], response_format={"regex": REGEX}, batch_size=64)
+    out = df.select("id", extract("text").alias("x"), label("text").alias("label"), code("text").alias("code"))
     assert out.schema["x"].dataType.simpleString() == (
-        "struct<prediction:struct<category:string,urgency:tinyint,refund:boolean,tags:array<string>>,"
-        "error:string>")
+        "struct<prediction:struct<category:string,urgency:tinyint,refund:boolean,tags:array<string>,"
+        "customer:struct<name:string,vip:boolean>>,error:string>")
     got = out.orderBy("id").collect()
     assert all(r["label"] in CHOICES for r in got)
+    assert all(re.fullmatch(REGEX, r["code"]) for r in got)
     done = [r["x"]["prediction"] for r in got if r["x"]["prediction"] is not None]
     assert len(done) >= 0.5 * len(rows)  # unbounded strings: a random model runs out of tokens in some
     for r in got:
@@ -210,8 +213,9 @@ def test_udf_and_sql_return_typed_columns(spark, models):
             assert p["category"] is None or isinstance(p["category"], str)
             assert p["urgency"] is None or -128 <= p["urgency"] <= 127
             assert p["refund"] is None or isinstance(p["refund"], bool)
+            assert p["customer"] is None or p["customer"]["vip"] in (True, False, None)
         else:
-            assert "max_new_tokens=120 reached" in e
+            assert "max_new_tokens=100 reached" in e
     spark.udf.register("ticket_label", label)
     df.createOrReplaceTempView("tickets")
     sql = spark.sql("SELECT id, ticket_label(text) AS label FROM tickets").orderBy(F.col("id")).collect()
