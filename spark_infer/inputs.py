@@ -96,9 +96,9 @@ class InputTable:
                 # the catalog told us the location: the log may be readable from here after all
                 self.log = open_log(self.table.location_in(spark), self.version)
             return
-        if not self.table.exists(spark):
+        detail = self.table.delta_detail(spark)
+        if detail is None:
             raise ConfigError(f"input={self.ref!r}: not an existing Delta table")
-        detail = self.table.detail(spark)
         self.version = self.table.version(spark)
         self.partition_columns = list(detail["partitionColumns"])
         if not self.table.is_path:

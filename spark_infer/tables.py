@@ -129,12 +129,17 @@ class TableRef:
 
     def exists(self, spark: SparkSession) -> bool:
         """True when a Delta table is there (any error describing it means: no)."""
+        return self.delta_detail(spark) is not None
+
+    def delta_detail(self, spark: SparkSession) -> dict[str, Any] | None:
+        """`detail` when a Delta table is there, else None (`exists` and the detail in one look)."""
         if not self.is_path and not spark.catalog.tableExists(self.name):
-            return False
+            return None
         try:
-            return str(self.detail(spark).get("format", "")).lower() == "delta"
+            detail = self.detail(spark)
         except Exception:  # noqa: BLE001 - not a Delta table / no such path
-            return False
+            return None
+        return detail if str(detail.get("format", "")).lower() == "delta" else None
 
     def location_in(self, spark: SparkSession) -> str:
         """Where the table's files are (a catalog table's storage location), spelled as

@@ -11,9 +11,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
+import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 from jobutil import ROOT, cli_cmd, delta_versions, env, kill_group, rows_for, start, summary
 
 from spark_infer import run_job
@@ -21,7 +22,6 @@ from spark_infer.sinks._claims import Claim, ClaimsTable, acquire, this_host
 from spark_infer.sinks.delta import is_delta_conflict
 from spark_infer.units import UnitColumn, key_json
 
-SCHEMA = "id long, category string, text string"
 CATEGORY = [UnitColumn("category", "string")]
 UNITS = ["books", "music", "garden", "toys", "tools", "games", "films", "maps"]
 
@@ -34,28 +34,31 @@ def claims_of(spark, out: str) -> ClaimsTable:
     return ClaimsTable(spark, out + "_claims", is_delta_conflict)
 
 
-@pytest.fixture
-def predictor(tmp_path) -> str:
-    d = tmp_path / "predictor"
-    d.mkdir(exist_ok=True)
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("predictor")
     (d / "predictor.json").write_text('{"name": "text length"}')
     return str(d)
 
 
-def units_input(spark, path: str, units: list[str]) -> tuple[str, list[tuple]]:
+def units_input(path: str, units: list[str]) -> tuple[str, list[tuple]]:
+    """One partition per unit, 3 rows each, written with delta-rs (no Spark job): runs only read it."""
     rows = [r for k, cat in enumerate(units) for r in rows_for(cat, 100 * k, 3)]
-    spark.createDataFrame(rows, SCHEMA).write.format("delta").partitionBy("category").save(path)
+    ids, cats, texts = zip(*rows, strict=True)
+    write_deltalake(path, pa.table({"id": pa.array(ids, pa.int64()), "category": list(cats), "text": list(texts)}),
+                    partition_by=["category"])
     return path, rows
 
 
-@pytest.fixture
-def eight_units(spark, tmp_path):
-    return units_input(spark, str(tmp_path / "in"), UNITS)
+@pytest.fixture(scope="module")
+def eight_units(tmp_path_factory):
+    """Shared by the overlap tests: each writes its own output, none writes the input."""
+    return units_input(str(tmp_path_factory.mktemp("eight") / "in"), UNITS)
 
 
-@pytest.fixture
-def four_units(spark, tmp_path):
-    return units_input(spark, str(tmp_path / "in"), UNITS[:4])
+@pytest.fixture(scope="module")
+def four_units(tmp_path_factory):
+    return units_input(str(tmp_path_factory.mktemp("four") / "in"), UNITS[:4])
 
 
 def job_args(inp: str, out: str, predictor: str, delay_s: float = 0.0) -> list[str]:
@@ -103,12 +106,18 @@ def test_a_claim_lapses_after_its_ttl_and_at_once_when_its_process_on_this_host_
     table = claims_of(spark, str(tmp_path / "out"))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    table.change(acquire(Claim("", "gone", "job", this_host(), dead.pid, 0), [[unit_id("books")]], [], 600_000))
-    table.change(acquire(Claim("", "alive", "job", this_host(), os.getpid(), 0), [[unit_id("music")]], [], 600_000))
-    table.change(acquire(Claim("", "far", "job", "another-host", 1, 0), [[unit_id("toys")]], [], 3_000))
-    assert {c.run_id for c in table.live()} == {"alive", "far"}  # a dead local process holds nothing
-    time.sleep(3.5)
-    assert {c.run_id for c in table.live()} == {"alive"}  # the other host's claim lapsed unrenewed
+
+    def four_runs_claim(live: list[Claim], now: int) -> list[Claim]:  # one table change for the four
+        return [Claim(unit_id("books"), "gone", "job", this_host(), dead.pid, now + 600_000),
+                Claim(unit_id("music"), "alive", "job", this_host(), os.getpid(), now + 600_000),
+                Claim(unit_id("toys"), "far", "job", "another-host", 1, now + 600_000),
+                Claim(unit_id("maps"), "lapsed", "job", "another-host", 1, now - 1)]  # its ttl ran out unrenewed
+
+    table.change(four_runs_claim)
+    # a dead local process holds nothing, a claim past its ttl holds nothing (a real run waiting for
+    # a claim to lapse: test_a_run_waits_for_a_claim_that_lapses_then_scores_the_unit)
+    assert {c.run_id for c in table.live()} == {"alive", "far"}
+    assert {c.run_id for c in table._read()[0]} == {"gone", "alive", "far", "lapsed"}  # all four were written
 
 
 # -- one run meeting another's claims -----------------------------------------------------------------------

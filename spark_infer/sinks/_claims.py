@@ -86,18 +86,41 @@ class ClaimsTable:
         self.is_conflict = is_conflict
         #: Delta commits this object made (each change that changed something is one)
         self.commits = 0
+        #: where the table's log is read with delta-rs: a path at once, a catalog table's storage
+        #: location once the catalog named it (None: not known yet; "": the driver cannot read it)
+        self._log_at: str | None = self.table.location if self.table.is_path else None
 
-    def _read(self) -> tuple[list[Claim], int, set[str]] | None:
-        """Every claim, the table's sequence number and the changes that wrote its rows (from the
-        log and files with delta-rs where it reads them, else through Spark); None when there is no
-        table yet."""
-        snap = open_log(self.table.location) if self.table.is_path else None
+    def _rows(self) -> list[dict] | None:
+        """The table's rows: from its log and files with delta-rs where the driver reads them (a
+        path, or a catalog table's location, asked of the catalog once), else through Spark; None
+        when there is no table yet."""
+        if self._log_at is None:  # a catalog name: where is it? ("no such table": none yet)
+            try:
+                self._log_at = self.table.location_in(self.spark)
+            except Exception as exc:
+                if not_found(exc):
+                    return None
+                raise
+        snap = open_log(self._log_at) if self._log_at else None
         if snap is not None:
             cols = snap.table.to_pyarrow_table(columns=list(_COLUMNS)).to_pydict()
-            rows = [dict(zip(_COLUMNS, r, strict=True)) for r in zip(*(cols[c] for c in _COLUMNS), strict=True)]
-        elif self.table.exists(self.spark):
-            rows = [r.asDict() for r in self.table.read(self.spark).select(*_COLUMNS).collect()]
-        else:
+            return [dict(zip(_COLUMNS, r, strict=True)) for r in zip(*(cols[c] for c in _COLUMNS), strict=True)]
+        if self.table.is_path and not self.table.exists(self.spark):
+            return None
+        self._log_at = self._log_at if self.table.is_path else ""  # not readable from here: Spark from now on
+        try:
+            return [r.asDict() for r in self.table.read(self.spark).select(*_COLUMNS).collect()]
+        except Exception as exc:
+            if not self.table.is_path and not_found(exc):  # dropped since
+                self._log_at = None
+                return None
+            raise
+
+    def _read(self) -> tuple[list[Claim], int, set[str]] | None:
+        """Every claim, the table's sequence number and the changes that wrote its rows; None when
+        there is no table yet."""
+        rows = self._rows()
+        if rows is None:
             return None
         claims, seq, ops = [], 0, set()
         for r in rows:
@@ -155,6 +178,24 @@ class ClaimsTable:
             w.save(self.table.location)
         else:
             w.saveAsTable(self.table.name)
+
+
+#: error conditions of reading or describing a table that is not there
+_NOT_FOUND = frozenset({"TABLE_OR_VIEW_NOT_FOUND", "DELTA_TABLE_NOT_FOUND", "DELTA_MISSING_DELTA_TABLE",
+                        "SCHEMA_NOT_FOUND", "DELTA_PATH_DOES_NOT_EXIST", "PATH_NOT_FOUND"})
+
+
+def not_found(exc: BaseException) -> bool:
+    """Whether `exc` says the table (or its schema) does not exist, by its error condition."""
+    from pyspark.errors import PySparkException
+
+    if not isinstance(exc, PySparkException):
+        return False
+    try:
+        condition = exc.getCondition() or ""
+    except Exception:  # noqa: BLE001 - a classic exception asks the JVM, which may be gone
+        return False
+    return condition.split(".", 1)[0] in _NOT_FOUND
 
 
 def _order(c: Claim) -> tuple[str, str, int]:

@@ -103,6 +103,13 @@ def _condition(exc: PySparkException) -> str:
         return ""
 
 
+def delta_table_there(table: TableRef, spark: SparkSession) -> bool:
+    """Whether a Delta table is there: a path asked of delta-rs first (no Spark job). A local probe may
+    only add knowledge: a client that cannot see the storage (Databricks Connect, serverless) finds no
+    table where the server has one, so "no" is asked of Spark."""
+    return bool(table.is_path and is_delta_table(table.location_in(spark))) or table.exists(spark)
+
+
 RUNS_SCHEMA = (
     "run_id string, job_name string, status string, exit_code int, input string, output string, task string, "
     "model string, model_fingerprint string, config_hash string, input_version long, "
@@ -135,6 +142,7 @@ class DeltaOutput:
         self.txn_retention = txn_retention
         self.stats_columns = list(stats_columns)
         self._location: str | None = None
+        self._exists = False
         self._commits = CommitLog(self)
         if spark is not None and capabilities(spark).remote:  # None: log reads only (JobSession.log_sink)
             _raise_typed_conflicts_on_connect()
@@ -147,11 +155,9 @@ class DeltaOutput:
         return self._location
 
     def exists(self) -> bool:
-        # a local probe may only add knowledge: a client that cannot see the storage (Databricks
-        # Connect, serverless) finds no table where the server has one, so "no" is asked of Spark
-        if self.table.is_path and is_delta_table(self.location):
-            return True
-        return self.table.exists(self.spark)
+        # once there, the output stays for this sink's run (planner, ensure, record): asked once
+        self._exists = self._exists or delta_table_there(self.table, self.spark)
+        return self._exists
 
     def _metadata(self) -> tuple[StructType, list[str], dict[str, str]]:
         """Schema, partition columns and properties: from the log where delta-rs reads it (no Spark
@@ -340,7 +346,7 @@ class DeltaOutput:
         ref = TableRef(self.runs_table)
         df = self.spark.createDataFrame([record], RUNS_SCHEMA)
         w = df.write.format("delta").mode("append").option("mergeSchema", "true")
-        if not ref.exists(self.spark):
+        if not delta_table_there(ref, self.spark):
             w = w.option("delta.enableDeletionVectors", "false")
         if ref.is_path:
             w.save(ref.location)

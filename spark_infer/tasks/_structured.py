@@ -26,6 +26,7 @@ import decimal
 import functools
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -44,7 +45,8 @@ class InvalidOutput(ValueError):
 # -- normalise ------------------------------------------------------------------------------------
 def normalise(value: Any) -> dict[str, Any] | None:
     """The option as one `{kind: spec}` dict; ValueError naming the problem. DDL needs a session
-    (NeedsSparkSession propagates: the job opens one and validates again)."""
+    (without an active session the DDL parser's error propagates: the job opens one and validates
+    again)."""
     if value is None:
         return None
     if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in KINDS:
@@ -238,6 +240,23 @@ def compile_grammar(compiler: Any, fmt: dict[str, Any]) -> Any:
     return compiler.compile_regex(spec)
 
 
+def compile_for(tokenizer: Any, vocab_size: int, stop_token_ids: list[int], fmt: dict[str, Any]) -> Any:
+    """The format's grammar for one model's tokenizer (`vocab_size`: the logits' width, which may
+    exceed the tokenizer's vocabulary); its end is one of `stop_token_ids`."""
+    import xgrammar as xgr
+
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_token_ids)
+    return compile_grammar(xgr.GrammarCompiler(info), fmt)
+
+
+def logits_processors(grammar: Any) -> Any:
+    """`generate`'s logits_processor for one call (a fresh processor: it holds each row's grammar state)."""
+    import xgrammar as xgr
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList([xgr.contrib.hf.LogitsProcessor(grammar)])
+
+
 def check_grammar(fmt: dict[str, Any]) -> None:
     """Plan time: the format is one xgrammar can build (no tokenizer needed); ValueError otherwise."""
     import xgrammar as xgr
@@ -253,6 +272,28 @@ def check_grammar(fmt: dict[str, Any]) -> None:
     except Exception as exc:  # noqa: BLE001 - xgrammar's own errors name the construct
         raise ValueError(f"response_format: the constrained-decoding grammar cannot be built: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def values(fmt: dict[str, Any], value_type: pa.DataType, texts: Sequence[str], reasons: Sequence[str],
+           new_tokens: int) -> tuple[pa.Array, list[str | None]]:
+    """The typed values of generated rows, and per row the reason it has none (None when it has one)."""
+    out: list[pa.Array] = []
+    errors: list[str | None] = []
+    for text, reason in zip(texts, reasons, strict=True):
+        try:
+            value = parse(fmt, text, value_type)
+            if reason == "length" and not complete_at_limit(fmt, text):
+                raise InvalidOutput("the value may continue past the end")
+            out.append(pa.array([value], type=value_type))
+            errors.append(None)
+        except InvalidOutput as exc:
+            errors.append(f"max_new_tokens={new_tokens} reached before the value was complete ({exc})"
+                          if reason == "length" else f"invalid output for the response_format: {exc}")
+            out.append(pa.nulls(1, type=value_type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+            errors.append(f"invalid output for the response_format: {exc}")
+            out.append(pa.nulls(1, type=value_type))
+    return (pa.concat_arrays(out) if out else pa.nulls(0, type=value_type)), errors
 
 
 def complete_at_limit(fmt: dict[str, Any], text: str) -> bool:

@@ -250,12 +250,8 @@ class GenerateTask(HFTextTask):
                 raise ValueError(f"{model_dir}: response_format needs an eos token to end the value with")
             if self.beams > 1:
                 raise ValueError(f"response_format decodes one sequence per row; the model uses num_beams={self.beams}")
-            import xgrammar as xgr
-
             # compiled once per worker and device (the task is cached): every micro-batch shares it
-            info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=int(config.vocab_size),
-                                                      stop_token_ids=sorted(self.eos_ids))
-            self.grammar = structured.compile_grammar(xgr.GrammarCompiler(info), self.format)
+            self.grammar = structured.compile_for(tok, int(config.vocab_size), sorted(self.eos_ids), self.format)
             self.value_type = structured.arrow_type(self.format)
         self.fields = template_fields(options.prompt_template) if options.prompt_template else None
 
@@ -362,39 +358,13 @@ class GenerateTask(HFTextTask):
         ]
         if self.format is None:
             return pa.StructArray.from_arrays(details, fields=list(self.output_type))
-        values, errors = self._values(texts, reasons)
+        values, errors = structured.values(self.format, self.value_type, texts, reasons, self.new_tokens)
         if self.options.return_generation:
             out = pa.StructArray.from_arrays([values, *details], fields=list(self.output_type),
                                              mask=pa.array([e is not None for e in errors]))
         else:
             out = values
         return Scored(out, errors)
-
-    def _values(self, texts: Sequence[str], reasons: Sequence[str]) -> tuple[pa.Array, list[str | None]]:
-        """The typed values of finished rows; null and the reason for rows that are not a valid value."""
-        values: list[Any] = []
-        errors: list[str | None] = []
-        for text, reason in zip(texts, reasons, strict=True):
-            try:
-                value = structured.parse(self.format, text, self.value_type)
-                if reason == "length" and not structured.complete_at_limit(self.format, text):
-                    raise structured.InvalidOutput("the value may continue past the end")
-                errors.append(None)
-            except structured.InvalidOutput as exc:
-                value = None
-                if reason == "length":
-                    errors.append(f"max_new_tokens={self.new_tokens} reached before the value was complete ({exc})")
-                else:
-                    errors.append(f"invalid output for the response_format: {exc}")
-            values.append(value)
-        arr = []
-        for k, v in enumerate(values):
-            try:
-                arr.append(pa.array([v], type=self.value_type))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-                errors[k] = f"invalid output for the response_format: {exc}"
-                arr.append(pa.nulls(1, type=self.value_type))
-        return (pa.concat_arrays(arr) if arr else pa.nulls(0, type=self.value_type)), errors
 
     # -- internals --------------------------------------------------------------------------------
     def _generate(self, encoding: Encoding, idx: np.ndarray) -> list[tuple[str, int, str]]:
@@ -409,11 +379,7 @@ class GenerateTask(HFTextTask):
                 [_stop_on_text(self._decode, self.options.stop, start, self.eos_ids)]
             )
         if self.grammar is not None:
-            import xgrammar as xgr
-            from transformers import LogitsProcessorList
-
-            # one processor per generate call (it holds each row's grammar state)
-            kwargs["logits_processor"] = LogitsProcessorList([xgr.contrib.hf.LogitsProcessor(self.grammar)])
+            kwargs["logits_processor"] = structured.logits_processors(self.grammar)
         with torch.inference_mode():
             seqs = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         return [self._finish(row) for row in seqs[:, start:].cpu().tolist()]
