@@ -8,18 +8,21 @@ timed). Only the Transformer module (the model's first module) is swapped: each 
 batch's features into token embeddings; Pooling and Normalize stay sentence-transformers' own torch
 modules, run on those token embeddings, so the vectors are what the model's stack gives.
 
-Variants (pick with --variants; the baseline `torch-fp32` always runs, at the start and the end of
-every thread block, and its best time is the reference):
+Needs `pip install onnx onnxruntime openvino nncf` (no optimum; none of them changes torch or
+transformers). Variants (pick with --variants; the baseline `torch-fp32` always runs, at the start
+and the end of every thread block, and its best time is the reference):
 
   torch-fp32        SentenceTransformer stack, eager, SDPA attention, torch.inference_mode (baseline)
   torch-eager-attn  the same with attn_implementation="eager"
-  torch-compile     torch.compile(dynamic=True) of the transformer (--compile; slow to compile)
+  torch-compile     torch.compile(dynamic=True) of the transformer (only when named in --variants: slow)
   torch-bf16        torch.autocast("cpu", bfloat16) around the transformer
   torch-int8        torch.ao.quantization.quantize_dynamic(Linear, qint8)
   ort-fp32          ONNX export (torch.onnx.export, dynamic batch/sequence), ORT_ENABLE_ALL
   ort-fused-fp32    + onnxruntime.transformers.optimizer (BERT fusions: Attention, SkipLayerNorm, Gelu)
-  ort-int8          onnxruntime.quantization.quantize_dynamic (QInt8 weights) of ort-fp32's file
-  ort-fused-int8    quantize_dynamic of the fused file
+  ort-int8          onnxruntime.quantization.quantize_dynamic of ort-fp32's file: MatMul only, QInt8
+                    weights per channel (--no-per-channel: per tensor, min cosine ~0.90 here)
+  ort-int8-mixed    the same, keeping the FFN down-projections and the QK^T/PV MatMuls in fp32
+  ort-fused-int8    quantize_dynamic of the fused file (ORT's default op set, per channel)
   ov-fp32           openvino.convert_model(ONNX file), INFERENCE_PRECISION_HINT=f32
   ov-bf16           the same model, INFERENCE_PRECISION_HINT=bf16
   ov-int8w          nncf.compress_weights (INT8_ASYM, weight-only), f32 compute
@@ -45,7 +48,8 @@ import platform
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -384,9 +388,9 @@ def main(argv=None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     threads = [int(t) for t in args.threads.split(",")]
 
+    import sentence_transformers
     import torch
     import transformers
-    import sentence_transformers
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "transformers": transformers.__version__, "sentence_transformers": sentence_transformers.__version__}
     for mod in ("onnx", "onnxruntime", "openvino", "nncf"):
