@@ -72,8 +72,8 @@ def main() -> int:
         runs["torch-bf16"] = [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.float().numpy()
                               for b in batches]
     for name, outs in runs.items():
-        err = max(float(np.abs(o - r).max()) for o, r in zip(outs, ref))
-        agree = np.mean(np.concatenate([o.argmax(-1) == r.argmax(-1) for o, r in zip(outs, ref)]))
+        err = max(float(np.abs(o - r).max()) for o, r in zip(outs, ref, strict=True))
+        agree = np.mean(np.concatenate([o.argmax(-1) == r.argmax(-1) for o, r in zip(outs, ref, strict=True)]))
         print(f"{name:10s} max logit error {err:.2e}  argmax agreement {agree:.3f}")
     return 0
 
