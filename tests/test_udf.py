@@ -146,7 +146,10 @@ def test_model_cache_reused_across_jobs(spark, tiny_bert: str) -> None:
     n1 = len(df4.select(emb("text")).collect())
     m1 = emb.metrics()
     assert n1 == N_ROWS and m1["rows"] == N_ROWS
-    assert 1 <= m1["model_loads"] <= 2  # local[2]: one load per Python worker
+    # one load per Python worker: local[2] runs 2 at a time, but Spark starts another worker when a
+    # task comes before a finished one is handed back (seen in CI with the slower sentence-transformers
+    # import), so up to one per task
+    assert 1 <= m1["model_loads"] <= 4
 
     df.repartition(2).select(emb("text")).collect()
     m2 = emb.metrics()
