@@ -136,32 +136,39 @@ def test_udf_return_error_struct(spark, text_df, tiny_bert: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def _loads_by_worker(metrics: dict) -> dict[str, int]:
+    """Model loads per Python worker pid (the placement counters: `placement|load|<pid>|<device>`)."""
+    return {k.split("|")[2]: v for k, v in metrics.items() if k.startswith("placement|load|")}
+
+
 def test_model_cache_reused_across_jobs(spark, tiny_bert: str) -> None:
     # an option no other test uses: a cache key no worker has loaded yet
     spec_opts = {"max_length": 60}
     df = spark.createDataFrame(ROWS, "id int, text string")
-    # 4 tasks over 2 slots: every idle Python worker serves (and so loads in) this first job
     df4 = df.repartition(4)
     emb = predict_udf("embed", model=tiny_bert, **spec_opts)
     n1 = len(df4.select(emb("text")).collect())
     m1 = emb.metrics()
     assert n1 == N_ROWS and m1["rows"] == N_ROWS
-    # one load per Python worker: local[2] runs 2 at a time, but Spark starts another worker when a
-    # task comes before a finished one is handed back (seen in CI with the slower sentence-transformers
-    # import), so up to one per task
-    assert 1 <= m1["model_loads"] <= 4
+    # Spark may start a new Python worker for a task rather than wait for a finished one to be
+    # handed back (seen in CI), so the number of workers is Spark's choice; what the cache promises
+    # is per worker: no worker ever loads the model twice, across jobs and UDF objects
+    first = _loads_by_worker(m1)
+    assert first and set(first.values()) == {1} and m1["model_loads"] == len(first)
 
     df.repartition(2).select(emb("text")).collect()
     m2 = emb.metrics()
     assert m2["rows"] == 2 * N_ROWS
-    assert m2["model_loads"] == m1["model_loads"]  # second job with the same UDF: no reload
+    second = _loads_by_worker(m2)
+    assert set(second.values()) == {1}  # second job with the same UDF: no worker reloads
 
     emb2 = predict_udf("embed", model=tiny_bert, **spec_opts)
     assert emb2.spec == emb.spec
     df.repartition(2).select(emb2("text")).collect()
     m3 = emb2.metrics()
     assert m3["rows"] == N_ROWS  # the new UDF's accumulator works ...
-    assert m3.get("model_loads", 0) == 0  # ... and its workers took the model from the cache
+    # ... and a worker that loaded the model for the first UDF takes it from its cache
+    assert not set(_loads_by_worker(m3)) & set(second)
 
 
 # ------------------------------------------------------------------------------------------------
