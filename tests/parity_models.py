@@ -23,7 +23,14 @@ import os
 import shutil
 import tempfile
 
-from tiny_models import WORDS, _bert_config, make_tiny_bert, make_tiny_gpt2, make_tiny_t5
+from tiny_models import (
+    WORDS,
+    _bert_config,
+    _word_level_tokenizer,
+    make_tiny_bert,
+    make_tiny_gpt2,
+    make_tiny_t5,
+)
 
 #: pooling modes of sentence-transformers' Pooling module
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
@@ -43,26 +50,7 @@ def _write_json(path: str, obj) -> None:
 
 def _pair_tokenizer(path: str, model_max_length: int = 64) -> int:
     """The tiny_models word-level BERT tokenizer, plus text pairs ([CLS] A [SEP] B [SEP], B typed 1)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
-    fast.save_pretrained(path)
-    return len(vocab)
+    return _word_level_tokenizer(path, pair=True, model_max_length=model_max_length)
 
 
 def _causal_tokenizer(path: str, *, append_eos: bool, prepend_bos: bool, padding_side: str,

@@ -12,7 +12,9 @@ WORDS = (
 ).split()
 
 
-def _word_level_tokenizer(path: str) -> None:
+def _word_level_tokenizer(path: str, pair: bool = False, model_max_length: int = 64) -> int:
+    """A word-level BERT-style tokenizer over WORDS; `pair` adds text pairs ([CLS] A [SEP] B [SEP], B
+    typed 1) and token type ids, as NLI models take them. Returns the vocab size."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -23,11 +25,13 @@ def _word_level_tokenizer(path: str) -> None:
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1" if pair else None,
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
     )
+    extra = {"model_input_names": ["input_ids", "token_type_ids", "attention_mask"]} if pair else {}
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=64,
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length, **extra,
     )
     fast.save_pretrained(path)
     return len(vocab)

@@ -178,8 +178,6 @@ def arrow_of_schema(schema: dict[str, Any], path: str) -> pa.DataType:
 def json_schema_of_spark(t: Any) -> dict[str, Any]:
     """The JSON schema of a Spark type (its JSON form): structs are objects with every field required
     (a nullable field may be null), integral types carry their ranges."""
-    nullable_wrap = _nullable
-
     if isinstance(t, str):
         if t in _INT_RANGES:
             bits = _INT_RANGES[t]
@@ -198,16 +196,16 @@ def json_schema_of_spark(t: Any) -> dict[str, Any]:
                          "timestamp, array, map<string,...> or struct)")
     kind = t.get("type")
     if kind == "struct":
-        props = {f["name"]: nullable_wrap(json_schema_of_spark(f["type"]), f.get("nullable", True))
+        props = {f["name"]: _nullable(json_schema_of_spark(f["type"]), f.get("nullable", True))
                  for f in t["fields"]}
         return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
     if kind == "array":
-        return {"type": "array", "items": nullable_wrap(json_schema_of_spark(t["elementType"]),
+        return {"type": "array", "items": _nullable(json_schema_of_spark(t["elementType"]),
                                                          t.get("containsNull", True))}
     if kind == "map":
         if t["keyType"] != "string":
             raise ValueError("response_format map keys must be strings (JSON object keys)")
-        return {"type": "object", "additionalProperties": nullable_wrap(json_schema_of_spark(t["valueType"]),
+        return {"type": "object", "additionalProperties": _nullable(json_schema_of_spark(t["valueType"]),
                                                                         t.get("valueContainsNull", True))}
     raise ValueError(f"response_format type {kind!r} has no JSON form")
 

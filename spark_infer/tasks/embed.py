@@ -35,7 +35,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from spark_infer.tasks.base import Encoding, ModelFiles, Task, TaskOptions, register
-from spark_infer.tasks.hf import torch_dtype
+from spark_infer.tasks.hf import as_texts, torch_dtype
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 #: the documented default for a folder that does not list its modules
@@ -200,7 +200,7 @@ class EmbedTask(Task):
 
     # -- encode: the model's own tokenization, once per Arrow batch ---------------------------------
     def encode(self, values: Sequence[Any]) -> Encoding:
-        texts = [v if isinstance(v, str) else _not_text(v) for v in values]
+        texts = as_texts(values)
         ids: list[list[int]] = []
         rows: dict[str, list[list[int]]] = {}
         const: dict[str, Any] = {}
@@ -292,6 +292,3 @@ def _resolve_prompt(st: Any, prompt: str | None, prompt_name: str | None) -> str
         raise ValueError(f"prompt_name={name!r} is not one of the model's prompts {sorted(prompts)}")
     return prompts[name] or None
 
-
-def _not_text(v: Any) -> str:
-    raise TypeError(f"expected a string input, got {type(v).__name__}")

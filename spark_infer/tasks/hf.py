@@ -96,7 +96,7 @@ class HFTextTask(Task):
     ENCODE_CHUNK: ClassVar[int] = 512
 
     def encode(self, values: Sequence[Any]) -> Encoding:
-        texts = [v if isinstance(v, str) else _not_text(v) for v in values]
+        texts = as_texts(values)
         ids: list[list[int]] = []
         truncated = 0
         for start in range(0, len(texts), self.ENCODE_CHUNK):
@@ -137,5 +137,9 @@ class HFTextTask(Task):
         self.model = None  # type: ignore[assignment]
 
 
-def _not_text(v: Any) -> str:
-    raise TypeError(f"expected a string input, got {type(v).__name__}")
+def as_texts(values: Sequence[Any]) -> list[str]:
+    """The inputs as strings; TypeError naming the type of the first that is not one."""
+    for v in values:
+        if not isinstance(v, str):
+            raise TypeError(f"expected a string input, got {type(v).__name__}")
+    return list(values)

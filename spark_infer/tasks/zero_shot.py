@@ -50,7 +50,7 @@ from spark_infer.tasks.base import (
     register,
 )
 from spark_infer.tasks.embed import EmbedOptions, EmbedTask, check_st_folder
-from spark_infer.tasks.hf import HFTextTask
+from spark_infer.tasks.hf import HFTextTask, as_texts
 
 
 class ZeroShotOptions(TaskOptions):
@@ -238,7 +238,7 @@ class _NLI(HFTextTask):
         return ZeroShotTask.output_type_for(options)
 
     def encode(self, values: Sequence[Any]) -> PairEncoding:
-        texts = [v if isinstance(v, str) else _not_text(v) for v in values]
+        texts = as_texts(values)
         firsts = [t for t in texts for _ in self.hypotheses]
         seconds = self.hypotheses * len(texts)
         pairs: list[list[list[int]]] = []
@@ -289,6 +289,3 @@ class _NLI(HFTextTask):
     def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array:  # pragma: no cover - see scores
         raise NotImplementedError
 
-
-def _not_text(v: Any) -> str:
-    raise TypeError(f"expected a string input, got {type(v).__name__}")
