@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-#: JVM options for short-lived test JVMs: C1 only (far less JIT CPU), serial GC
-BASE_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+#: JVM options for test JVMs: C1 only (far less JIT CPU), serial GC. C1-only shrinks the default code
+#: cache to 48 MB, which the shared session's JVM (every classic test and the Connect server, for the
+#: whole suite) filled within two minutes: the JIT then switched itself off and that JVM ran interpreted
+#: for the rest of the suite ("CodeCache is full. Compiler has been disabled"). The cache is reserved,
+#: not committed, so short-lived JVMs pay nothing for the larger size.
+BASE_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:ReservedCodeCacheSize=256m"
 
 _ARCHIVE_WARMUP = """
 from spark_infer.sessions import build_session

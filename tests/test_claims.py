@@ -163,7 +163,10 @@ def _two_runs_at_once(spark, cmds: list[list[str]], tmp_path, rows) -> list[dict
             kill_group(p)
     logs = [open(tmp_path / f"run{i}.log").read()[-3000:] for i in range(len(cmds))]
     records = [summary(str(tmp_path / f"s{i}.json")) for i in range(len(cmds))]
-    assert codes == [0, 0], (codes, logs)
+    # the whole record and log tail of a failed run (a tuple in the message was cut by pytest's repr)
+    assert codes == [0, 0], "\n\n".join(f"run {i}: exit {c}, error {r.get('error')!r}, units_failed "
+                                         f"{r.get('units_failed')}\n{log}"
+                                         for i, (c, r, log) in enumerate(zip(codes, records, logs, strict=True)))
     done = [set(r["units_committed"]) for r in records]
     # the runs shared the units: each committed some, none committed by both, every unit by one
     assert done[0] and done[1] and not done[0] & done[1], done
