@@ -14,6 +14,7 @@ would use half-size Arrow batches and the comparison would measure batch size, n
 
     python bench/bench_memory.py                         # 10k vs 100k, target ratio <= 1.15
     python bench/bench_memory.py --sizes 10000,50000 --arrow-batch 10000 --json /tmp/mem.json
+    python bench/bench_memory.py --backend onnx          # each CPU backend (spark_infer.backends)
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ def run_one(args) -> dict[str, Any]:
     opts: dict[str, Any] = {"batch_size": args.batch_size, "max_length": args.max_length}
     if args.token_budget:
         opts["token_budget"] = args.token_budget
+    opts.update(backend=args.backend, precision=args.precision)
     udf = spark_infer.predict_udf("embed", model=model_dir, **opts)
 
     # warm-up: workers start, import torch and load the model; what remains is the baseline
@@ -248,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--token-budget", type=int, default=None)
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--warmup-rows", type=int, default=256)
     ap.add_argument("--words", default="5,44",
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     passthrough = ["--arrow-batch", str(args.arrow_batch), "--batch-size", str(args.batch_size),
                    "--max-length", str(args.max_length), "--master", args.master,
                    "--partitions", str(args.partitions), "--warmup-rows", str(args.warmup_rows),
-                   "--words", args.words,
+                   "--words", args.words, "--backend", args.backend, "--precision", args.precision,
                    "--interval", str(args.interval)]
     if args.token_budget:
         passthrough += ["--token-budget", str(args.token_budget)]

@@ -19,10 +19,15 @@ import functools
 import getpass
 import logging
 import os
+import shutil
+import socket
 import stat
 import tempfile
+import time
+from collections.abc import Callable
 
 import platformdirs
+from filelock import FileLock
 
 log = logging.getLogger("spark_infer")
 
@@ -93,3 +98,39 @@ def _user_temp_root() -> str:
     if not stat.S_ISDIR(st.st_mode) or (uid is not None and st.st_uid != uid) or not _writable(root):
         return tempfile.mkdtemp(prefix=f"{APP}-")
     return root
+
+
+#: the file a finished cache folder holds (written last, before the rename into place)
+COMPLETE_MARKER = ".spark-infer-complete"
+
+
+def build_once(root: str, key: str, build: Callable[[str], None], *, marker: str, log_name: str, note: str,
+               ready: Callable[[str], bool] | None = None) -> str:
+    """`root/key`, made by `build(into_folder)` once per machine whatever number of processes ask at once.
+
+    Under a file lock per key: built into `<key>.partial-<pid>`, a completion marker (`marker`'s
+    text) written last, renamed into place; a killed build leaves no folder that looks finished.
+    Each build appends `host pid time note` to `<key>.<log_name>` (how tests count builds per node).
+    `ready(final)` says whether a finished folder may be used (default: its marker exists)."""
+    final = os.path.join(root, key)
+    is_ready = ready or (lambda folder: os.path.exists(os.path.join(folder, COMPLETE_MARKER)))
+    if is_ready(final):
+        return final
+    with FileLock(os.path.join(root, key + ".lock")):
+        if is_ready(final):
+            return final  # another worker finished it while we waited
+        partial = f"{final}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # an incomplete folder from a killed build
+        os.makedirs(partial)
+        try:
+            build(partial)
+            with open(os.path.join(partial, COMPLETE_MARKER), "w") as f:
+                f.write(marker)
+            os.rename(partial, final)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        with open(os.path.join(root, f"{key}.{log_name}"), "a") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()} {time.time():.3f} {note}\n")
+    return final

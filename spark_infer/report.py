@@ -40,6 +40,9 @@ class RunSummary:
     #: where the run scores and in which precision ("cuda", "float16"): both are in the fingerprint
     device_kind: str = ""
     precision: str = ""
+    #: what the transformer ran on (torch, onnx, openvino; spark_infer.backends): fp32 on any backend is
+    #: fingerprinted alike, so this is where a reader tells such runs apart
+    backend: str = ""
     config_hash: str = ""
     input_version: int | None = None
     output_version_before: int | None = None
@@ -98,6 +101,7 @@ class RunSummary:
             "session_kind": self.session_kind, "staging": self.staging, "device_kind": self.device_kind,
             "precision": self.precision, "workers_json": json.dumps(self.workers, sort_keys=True, default=str),
             "model_assumed": "; ".join(self.model_assumed) or None,
+            "backend": self.backend or None,
         }
 
 

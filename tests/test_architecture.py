@@ -19,8 +19,9 @@ from jobutil import ROOT
 PKG = os.path.join(ROOT, "spark_infer")
 
 #: what the worker side (runtime, tasks, model sources) may import of the package
-WORKER_PACKAGES = ("spark_infer.runtime", "spark_infer.tasks", "spark_infer.models")
-WORKER_ALLOWED = ("spark_infer.runtime", "spark_infer.tasks", "spark_infer.models", "spark_infer.errors",
+WORKER_PACKAGES = ("spark_infer.runtime", "spark_infer.tasks", "spark_infer.models", "spark_infer.backends")
+WORKER_ALLOWED = ("spark_infer.runtime", "spark_infer.tasks", "spark_infer.models", "spark_infer.backends",
+                  "spark_infer.errors",
                   "spark_infer.ddl", "spark_infer.log", "spark_infer.redact", "spark_infer.local_cache")
 
 

@@ -300,7 +300,8 @@ def test_registry_errors_are_config_errors(spark, registry, tmp_path, small_inpu
 @pytest.mark.slow
 def test_workers_download_an_s3_model_once_per_node(s3, tmp_path):
     """Two standalone workers, each its own "node" (its own cache folder); the model is only in S3 and
-    the credentials only in the environment."""
+    the credentials only in the environment. Each node downloads it once and converts it (OpenVINO)
+    once, whatever number of its Python workers start at once."""
     import pyarrow as pa
     from cluster import QUICK_JVM_OPTS, standalone_cluster
     from deltalake import DeltaTable, write_deltalake
@@ -315,6 +316,8 @@ def test_workers_download_an_s3_model_once_per_node(s3, tmp_path):
         out, js = str(tmp_path / "out"), str(tmp_path / "s.json")
         cmd = [sys.executable, "-m", "spark_infer", "score", "--master", c.url, "--input", inp, "--output", out,
                "--model", s3["url"], "--summary-json", js, "--group-units", "1", "--concurrent-units", "2",
+               # converted once per node too, beside the node's model cache (spark_infer.backends)
+               "--option", "backend=openvino",
                # one executor per node with two task slots: two Python workers of one node race for the
                # download (the lock), without four executor JVMs on a 2-core machine
                "--conf", "spark.executor.cores=2", "--conf", "spark.executor.memory=1g",
@@ -335,6 +338,11 @@ def test_workers_download_an_s3_model_once_per_node(s3, tmp_path):
         logs = [f for f in os.listdir(os.path.join(n, "models")) if f.endswith(".downloads")]
         records[n] = sum(len(open(os.path.join(n, "models", f)).read().splitlines()) for f in logs)
     assert records == {nodes[0]: 1, nodes[1]: 1}, records  # each node downloaded it once
+    conversions = {n: sorted(line.split()[3] for f in os.listdir(os.path.join(n, "converted"))
+                             if f.endswith(".conversions") for line in open(os.path.join(n, "converted", f)))
+                   for n in nodes}
+    assert conversions == {n: ["onnx", "openvino-fp32"] for n in nodes}, conversions  # and converted it once
+    assert not os.path.exists(os.path.join(tmp_path, "driver-cache", "converted"))  # the driver converts nothing
     assert not os.path.exists(os.path.join(tmp_path, "driver-cache", "models")) or not [
         f for f in os.listdir(os.path.join(tmp_path, "driver-cache", "models")) if f.endswith(".downloads")]
     got = DeltaTable(out).to_pyarrow_table(columns=["id", "embedding"]).to_pylist()

@@ -69,8 +69,9 @@ def place(cfg: JobConfig, spec: ModelSpec, session: JobSession, summary: RunSumm
     if plan.kind == "cuda":  # a CPU run says so in its record only (device_kind, precision)
         event("device_planned", device=plan.kind, precision=precision, gpus_per_task=plan.gpus_per_task,
               reason=plan.reason)
-    summary.device_kind, summary.precision = plan.kind, precision
-    return spec.placed(plan.kind, precision), plan
+    placed = spec.placed(plan.kind, precision)
+    summary.device_kind, summary.precision, summary.backend = plan.kind, placed.precision, placed.backend
+    return placed, plan
 
 
 def _caps(session: JobSession):

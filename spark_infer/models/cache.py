@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import socket
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from filelock import FileLock
-
-from spark_infer.local_cache import cache_dir
+from spark_infer.local_cache import COMPLETE_MARKER as _COMPLETE
+from spark_infer.local_cache import build_once, cache_dir
 
 if TYPE_CHECKING:
     from spark_infer.models.base import ModelSnapshot
-
-_COMPLETE = ".spark-infer-complete"
-
 
 def snapshot_key(snapshot: ModelSnapshot) -> str:
     """The snapshot's folder name in the cache: a hash of its source and immutable identity."""
@@ -45,28 +38,13 @@ def cached_snapshot(snapshot: ModelSnapshot, download: Callable[[str], None], st
     careful download) is downloaded again rather than reused."""
     root = cache_dir("models")
     key = snapshot_key(snapshot)
-    final = os.path.join(root, key)
-    if _complete(final, stamp):
-        return final
-    with FileLock(os.path.join(root, key + ".lock")):
-        if _complete(final, stamp):
-            return final  # another worker finished it while we waited
-        partial = f"{final}.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)  # an incomplete folder from a killed download
-        os.makedirs(partial)
-        try:
-            download(partial)
-            _check_complete(snapshot, partial)
-            with open(os.path.join(partial, _COMPLETE), "w") as f:
-                f.write(snapshot.identity + (f"\n{stamp}" if stamp else ""))
-            os.rename(partial, final)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        with open(os.path.join(root, key + ".downloads"), "a") as f:
-            f.write(f"{socket.gethostname()} {os.getpid()} {time.time():.3f} {snapshot.reference}\n")
-    return final
+
+    def build(partial: str) -> None:
+        download(partial)
+        _check_complete(snapshot, partial)
+
+    return build_once(root, key, build, marker=snapshot.identity + (f"\n{stamp}" if stamp else ""),
+                      ready=lambda final: _complete(final, stamp), log_name="downloads", note=snapshot.reference)
 
 
 def _complete(folder: str, stamp: str) -> bool:

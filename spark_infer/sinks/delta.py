@@ -117,7 +117,7 @@ RUNS_SCHEMA = (
     "units_skipped int, units_failed int, units_deleted int, rows long, error_rows long, tokens long, "
     "durations_json string, error string, started_at string, ended_at string, session_kind string, "
     "staging string, device_kind string, precision string, workers_json string, rows_uncommitted long, "
-    "units_done_elsewhere int, model_assumed string"
+    "units_done_elsewhere int, model_assumed string, backend string"
 )
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _REGISTRY: dict[str, type[Task]] = {}
 
@@ -40,6 +40,31 @@ class TaskOptions(BaseModel):
     dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16|float16)$")
     trust_remote_code: bool = Field(default=False, description="run code shipped with the model (unsafe)")
     allow_pickle: bool = Field(default=False, description="allow pickle (.bin) weights when no safetensors exist")
+
+
+class BackendOptions(TaskOptions):
+    """Options of the tasks that can run their transformer on another CPU backend (embed, classify,
+    zero_shot): see `spark_infer.backends` for what each combination does."""
+
+    backend: Literal["auto", "torch", "onnx", "openvino"] = Field(
+        default="auto", description="auto = OpenVINO / ONNX Runtime on CPUs when installed (fp32: the same "
+                                    "outputs within 1e-4), torch on GPUs")
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        default="auto", description="auto = fp32 on CPUs (dtype decides on GPUs); bf16 and int8 are opt-in "
+                                    "reduced precision (a model change)")
+
+    @model_validator(mode="after")
+    def _one_precision_knob(self) -> BackendOptions:
+        from spark_infer.backends import check_combination, effective_precision
+
+        if self.precision != "auto" and self.dtype != "auto":
+            raise ValueError("give dtype (torch weights) or precision, not both")
+        if self.backend in ("onnx", "openvino") and self.dtype not in ("auto", "float32"):
+            raise ValueError(f"dtype={self.dtype!r} is torch's weight precision; backend {self.backend!r} takes "
+                             "precision (fp32, bf16, int8)")
+        if self.backend != "auto":
+            check_combination(self.backend, effective_precision(self.precision))
+        return self
 
 
 class ModelFiles(Protocol):

@@ -21,13 +21,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from spark_infer.tasks.base import Encoding, TaskOptions, label_score_array, register
+from spark_infer.tasks.base import BackendOptions, Encoding, TaskOptions, label_score_array, register
 from spark_infer.tasks.hf import HFTextTask
 
 FUNCTIONS = ("default", "sigmoid", "softmax", "none")
 
 
-class ClassifyOptions(TaskOptions):
+class ClassifyOptions(BackendOptions):
     function_to_apply: Literal["default", "sigmoid", "softmax", "none"] = Field(
         default="default", description="default = from the model's problem_type, as the transformers pipeline"
     )
@@ -96,15 +96,11 @@ class ClassifyTask(HFTextTask):
 
     def __init__(self, model_dir: str, options: ClassifyOptions, device: str) -> None:
         super().__init__(model_dir, options, device)
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        self.model = self.load_model(AutoModelForSequenceClassification)
+        self.model = self.load_classifier()
         config = self.model.config
         id2label = config.id2label or {}
         self.labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
         self.function = pipeline_function(config, options.function())
-        self._torch = torch
 
     @classmethod
     def output_type_for(cls, options: TaskOptions) -> pa.DataType:
@@ -117,10 +113,8 @@ class ClassifyTask(HFTextTask):
         return pa.struct(fields)
 
     def predict(self, encoding: Encoding, idx: np.ndarray) -> pa.Array:
-        torch = self._torch
         ids, mask = self.pad(encoding, idx)
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
+        logits = self.logits({"input_ids": ids, "attention_mask": mask})
         scores = apply_function(logits, self.function)
         base = label_score_array(self.labels, scores, scores.argmax(axis=1),
                                  "probabilities" if self.options.return_all_scores else None)

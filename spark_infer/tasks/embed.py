@@ -34,8 +34,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from spark_infer.tasks.base import Encoding, ModelFiles, Task, TaskOptions, register
-from spark_infer.tasks.hf import as_texts, torch_dtype
+from spark_infer.tasks.base import BackendOptions, Encoding, ModelFiles, Task, TaskOptions, register
+from spark_infer.tasks.hf import as_texts, autocast, autocast_dtype, torch_dtype
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 #: the documented default for a folder that does not list its modules
@@ -53,7 +53,7 @@ _OTHER_KINDS = ("sentence_transformers.sparse_encoder.", "sentence_transformers.
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
 
 
-class EmbedOptions(TaskOptions):
+class EmbedOptions(BackendOptions):
     pooling: Literal["auto", "mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"] = Field(
         default="auto", description="auto = the model's own Pooling module (mean for a plain model folder)"
     )
@@ -179,6 +179,10 @@ class EmbedTask(Task):
         # a plain model folder: sentence-transformers adds mean pooling; our default normalises too
         self.l2 = bool(options.normalize) or (options.normalize is None and not listed)
         st.eval()
+        self.backend = options.backend if options.backend != "auto" else "torch"
+        self.autocast = autocast_dtype(options)
+        if self.backend != "torch":
+            _run_transformer_on(st, self.backend, options.precision, model_dir)
         self.model = st
         self.tokenizer = st.tokenizer
         self.left_pad = getattr(self.tokenizer, "padding_side", "right") == "left"
@@ -247,7 +251,7 @@ class EmbedTask(Task):
             features[key] = self._pad([per_row[i] for i in idx], width, 0)
         features = {k: v.to(self.device, non_blocking=True) for k, v in features.items()}
         features.update(encoding.extra["const"])
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.autocast):
             emb = self.model(features)["sentence_embedding"]
             if self.truncate_dim:
                 emb = emb[..., : self.truncate_dim]
@@ -270,6 +274,45 @@ class EmbedTask(Task):
 
     def close(self) -> None:
         self.model = None
+
+
+def _run_transformer_on(st: Any, backend: str, precision: str, model_dir: str) -> None:
+    """Replace the forward of the model's Transformer module (its first) by the converted model on
+    `backend`; Pooling, Dense, Normalize and the rest stay the model's own torch modules. The torch
+    weights are released (the backend holds its own copy)."""
+    import torch
+
+    from spark_infer.backends import BackendError, effective_precision
+    from spark_infer.backends.runners import input_names_for, load_runner
+
+    transformer = st[0]
+    inner = getattr(transformer, "model", None) or getattr(transformer, "auto_model", None)
+    if inner is None or not _gives_token_embeddings_of_text(transformer, inner):
+        raise BackendError(f"backend={backend!r}: the model's Transformer module is not a plain text encoder "
+                           "giving token embeddings (use backend torch)")
+    names = input_names_for(inner, st.tokenizer)
+    runner = load_runner(inner.float(), "feature-extraction", backend, effective_precision(precision), model_dir,
+                         names, torch.get_num_threads())
+    output = transformer.module_output_name if hasattr(transformer, "module_output_name") else "token_embeddings"
+
+    def forward(features: dict[str, Any], **_: Any) -> dict[str, Any]:
+        feeds = {n: features[n].cpu().numpy() for n in runner.input_names if n in features}
+        features[output] = torch.from_numpy(runner(feeds))
+        return features
+
+    transformer.forward = forward
+    transformer.runner = runner
+    inner.to("meta")  # the weights' memory back; the config (dimensions) stays readable
+
+
+def _gives_token_embeddings_of_text(transformer: Any, inner: Any) -> bool:
+    """Whether the Transformer module runs text through the model's `forward` into its last hidden
+    state, and nothing more (no other modality, no per-layer outputs): what an export reproduces."""
+    modalities = getattr(transformer, "modality_config", None) or {"text": {}}
+    text = modalities.get("text", {})
+    return (set(modalities) == {"text"} and text.get("method", "forward") == "forward"
+            and text.get("method_output_name", "last_hidden_state") == "last_hidden_state"
+            and not getattr(inner.config, "output_hidden_states", False))
 
 
 def _token_width(transformer: Any) -> int:

@@ -28,6 +28,26 @@ def torch_dtype(option: str, device: str):
     return getattr(torch, option)
 
 
+def autocast_dtype(options: TaskOptions) -> Any:
+    """torch's autocast dtype for `precision: bf16` on the torch backend (None: no autocast)."""
+    if getattr(options, "precision", "auto") != "bf16" or getattr(options, "backend", "torch") not in ("torch", "auto"):
+        return None
+    import torch
+
+    return torch.bfloat16
+
+
+def autocast(device: str, dtype: Any) -> Any:
+    """A context running ops in `dtype` where torch's autocast does (a no-op context for None)."""
+    import contextlib
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
 def has_safetensors(model_dir: str) -> bool:
     return any(f.endswith(".safetensors") for f in os.listdir(model_dir))
 
@@ -75,6 +95,35 @@ class HFTextTask(Task):
     def load_model(self, model_cls: Any) -> Any:
         """`model_cls.from_pretrained` of this task's folder, on its device and precision, in eval mode."""
         return load_pretrained(model_cls, self.model_dir, self.options, self.device, self.dtype)
+
+    def load_classifier(self) -> Any:
+        """The sequence classifier (its config gives labels), and its logits' runner: the converted
+        model on the task's `backend` (ONNX Runtime, OpenVINO), or torch (in bf16 autocast when asked)."""
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        model = self.load_model(AutoModelForSequenceClassification)
+        backend = getattr(self.options, "backend", "torch")
+        self.autocast = autocast_dtype(self.options)
+        self.runner = None
+        if backend in ("onnx", "openvino"):
+            from spark_infer.backends import effective_precision
+            from spark_infer.backends.runners import input_names_for, load_runner
+
+            self.runner = load_runner(model.float(), "sequence-classification", backend,
+                                      effective_precision(self.options.precision), self.model_dir,
+                                      input_names_for(model, self.tokenizer), torch.get_num_threads())
+            model.to("meta")  # the backend holds the weights; the config stays readable
+        return model
+
+    def logits(self, feeds: dict[str, Any]) -> np.ndarray:
+        """float32 logits of one padded micro-batch (`feeds`: int64 tensors on the task's device)."""
+        if self.runner is not None:
+            return self.runner({k: v.cpu().numpy() for k, v in feeds.items()}).astype(np.float32, copy=False)
+        import torch
+
+        with torch.inference_mode(), autocast(self.device, self.autocast):
+            return self.model(**feeds).logits.float().cpu().numpy()
 
     def _resolve_max_length(self) -> int:
         if self.options.max_length:

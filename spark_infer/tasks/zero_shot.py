@@ -41,6 +41,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from spark_infer.tasks.base import (
+    BackendOptions,
     Encoding,
     ModelFiles,
     Task,
@@ -53,7 +54,7 @@ from spark_infer.tasks.embed import EmbedOptions, EmbedTask, check_st_folder
 from spark_infer.tasks.hf import HFTextTask, as_texts
 
 
-class ZeroShotOptions(TaskOptions):
+class ZeroShotOptions(BackendOptions):
     labels: list[str] = Field(min_length=2, description="label names (at least two, distinct)")
     label_descriptions: dict[str, str] | None = Field(
         default=None, description="label -> text embedded for it (labels left out use hypothesis_template)"
@@ -155,6 +156,7 @@ class ZeroShotTask(Task):
             embed_options = EmbedOptions(
                 pooling=options.pooling, normalize=True, max_length=options.max_length, dtype=options.dtype,
                 trust_remote_code=options.trust_remote_code, allow_pickle=options.allow_pickle,
+                backend=options.backend, precision=options.precision,
             )
             self.embedder = EmbedTask(model_dir, embed_options, device)
             self.label_embeddings = self._embed_labels()  # (labels, dim), unit rows
@@ -220,11 +222,7 @@ class _NLI(HFTextTask):
 
     def __init__(self, model_dir: str, options: ZeroShotOptions, device: str) -> None:
         super().__init__(model_dir, options, device)
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        self._torch = torch
-        self.model = self.load_model(AutoModelForSequenceClassification)
+        self.model = self.load_classifier()
         self.entail = entailment_id(self.model.config.label2id)
         if self.entail < 0:
             raise ValueError(f"{model_dir}: mode=nli needs a label starting with 'entail' in label2id")
@@ -262,7 +260,8 @@ class _NLI(HFTextTask):
 
     def scores(self, encoding: Encoding, idx: np.ndarray) -> np.ndarray:
         assert isinstance(encoding, PairEncoding)
-        torch = self._torch
+        import torch
+
         flat = [p for i in idx for p in encoding.pairs[i]]
         flat_types = [t for i in idx for t in encoding.types[i]]
         width = max(len(r) for r in flat)
@@ -276,8 +275,7 @@ class _NLI(HFTextTask):
         kw = {"input_ids": torch.from_numpy(ids).to(self.device), "attention_mask": torch.from_numpy(mask).to(self.device)}
         if "token_type_ids" in self.tokenizer.model_input_names:
             kw["token_type_ids"] = torch.from_numpy(tt).to(self.device)
-        with torch.inference_mode():
-            logits = self.model(**kw).logits.float().cpu().numpy()
+        logits = self.logits(kw)
         logits = logits.reshape(len(idx), len(self.hypotheses), -1)
         # the pipeline's formulas, as it computes them (float32 numpy, no max shift)
         if self.multi_label:
