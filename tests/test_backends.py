@@ -248,6 +248,7 @@ def test_a_snapshot_converts_once_per_machine_and_again_when_its_files_change(ti
     assert len(conversions(model, "sequence-classification", "openvino-int8", names)) == 1  # the new key's
 
 
+@pytest.mark.slow  # three whole jobs (in this process)
 def test_the_job_sees_a_precision_change_as_a_model_change_and_records_the_backend(spark, tmp_path, tiny_bert):
     from jobutil import rows_for
 
