@@ -134,3 +134,12 @@ def build_once(root: str, key: str, build: Callable[[str], None], *, marker: str
         with open(os.path.join(root, f"{key}.{log_name}"), "a") as f:
             f.write(f"{socket.gethostname()} {os.getpid()} {time.time():.3f} {note}\n")
     return final
+
+
+def build_log(root: str, key: str, log_name: str) -> list[str]:
+    """The lines `build_once` appended for `key` (one per build on this machine)."""
+    path = os.path.join(root, f"{key}.{log_name}")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line for line in f.read().splitlines() if line]

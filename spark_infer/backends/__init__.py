@@ -33,8 +33,6 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-BACKENDS = ("torch", "onnx", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
 #: the extra that installs a backend, and the module that tells it is installed
 EXTRAS = {"onnx": ("onnxruntime", "spark-infer[onnx]"), "openvino": ("openvino", "spark-infer[openvino]")}
 #: combinations refused, and why (measured on all-MiniLM-L6-v2: bench/bench_cpu_backends.py)
@@ -102,16 +100,18 @@ def resolve_backend(option: str, precision: str, device_kind: str, config: Mappi
     precision, export the model and score on the CPU."""
     precision = effective_precision(precision)
     if option == "auto":
-        if device_kind == "cuda" or exportable(config) is not None:
+        why = "GPUs" if device_kind == "cuda" else exportable(config)
+        if why:
             if precision == "int8":
-                raise BackendError("precision='int8' runs on backend openvino only, which cannot run this model "
-                                   f"here ({'GPUs' if device_kind == 'cuda' else exportable(config)})")
+                raise BackendError(f"precision='int8' runs on backend openvino only, which cannot run this model "
+                                   f"here ({why})")
             return "torch"
-        for candidate in ("openvino", "onnx", "torch"):
+        for candidate in ("openvino", "onnx"):
             if installed(candidate) and (candidate, precision) not in REFUSED:
                 return candidate
-        require_installed("openvino")  # int8 with neither installed: name the extra
-        return "torch"  # pragma: no cover - unreachable
+        if precision == "int8":
+            require_installed("openvino")  # raises: name the extra int8 needs
+        return "torch"
     check_combination(option, precision)
     if option != "torch":
         if device_kind == "cuda":

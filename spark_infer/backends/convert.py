@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from spark_infer.backends import BackendError
-from spark_infer.local_cache import build_once, cache_dir
+from spark_infer.local_cache import build_log, build_once, cache_dir
 
 log = logging.getLogger("spark_infer")
 
@@ -82,31 +82,34 @@ def snapshot_files_key(source_dir: str) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
-def conversion_key(source_dir: str, kind: str, artifact: str, input_names: Sequence[str]) -> dict[str, Any]:
-    """What a converted artifact depends on (its hash names the cache folder; the JSON is its marker)."""
-    libs = _ARTIFACTS[artifact][1]
-    return {"snapshot": snapshot_files_key(source_dir), "kind": kind, "artifact": artifact, "recipe": RECIPE,
-            "inputs": list(input_names), "versions": {lib: _version(lib) for lib in libs}}
-
-
-def converted(model: Any, kind: str, artifact: str, source_dir: str, input_names: Sequence[str]) -> str:
-    """The path of `artifact` (`model.onnx` / `model.xml`) for `model` (a loaded transformers model of
-    the snapshot in `source_dir`), converting once per machine when no finished copy is cached."""
-    parent = _ARTIFACTS[artifact][0]
-    parent_path = converted(model, kind, parent, source_dir, input_names) if parent else None
-    spec = conversion_key(source_dir, kind, artifact, input_names)
+def conversion_key(source_dir: str, kind: str, artifact: str, input_names: Sequence[str],
+                   files_key: str | None = None) -> tuple[str, str]:
+    """(cache key, marker JSON) of a converted artifact: what it depends on, hashed to name its folder.
+    `files_key` is `snapshot_files_key(source_dir)` when the caller has it already."""
+    spec = {"snapshot": files_key or snapshot_files_key(source_dir), "kind": kind, "artifact": artifact,
+            "recipe": RECIPE, "inputs": list(input_names),
+            "versions": {lib: _version(lib) for lib in _ARTIFACTS[artifact][1]}}
     marker = json.dumps(spec, sort_keys=True)
-    key = hashlib.sha256(marker.encode()).hexdigest()[:32]
-    root = cache_dir("converted")
+    return hashlib.sha256(marker.encode()).hexdigest()[:32], marker
+
+
+def converted(model: Any, kind: str, artifact: str, source_dir: str, input_names: Sequence[str],
+              files_key: str | None = None) -> str:
+    """The path of `artifact` (`model.onnx` / `model.xml`) for `model` (a loaded transformers model of
+    the snapshot in `source_dir`), converting once per machine when no finished copy is cached (the
+    artifact it is built from is made first, only then)."""
+    files_key = files_key or snapshot_files_key(source_dir)
+    key, marker = conversion_key(source_dir, kind, artifact, input_names, files_key)
+    parent = _ARTIFACTS[artifact][0]
 
     def build(into: str) -> None:
         t0 = time.monotonic()
+        source = converted(model, kind, parent, source_dir, input_names, files_key) if parent else None
         try:
-            if artifact == "onnx":
+            if source is None:
                 export_onnx(model, kind, input_names, os.path.join(into, MODEL_FILE[artifact]))
             else:
-                assert parent_path is not None
-                _openvino_ir(parent_path, os.path.join(into, MODEL_FILE[artifact]), int8=artifact == "openvino-int8")
+                _openvino_ir(source, os.path.join(into, MODEL_FILE[artifact]), int8=artifact == "openvino-int8")
         except BackendError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the exporter raised, named in one error
@@ -114,18 +117,15 @@ def converted(model: Any, kind: str, artifact: str, source_dir: str, input_names
                 from exc
         log.info("event=model_converted artifact=%s kind=%s seconds=%.1f", artifact, kind, time.monotonic() - t0)
 
-    folder = build_once(root, key, build, marker=marker, log_name="conversions", note=f"{artifact} {source_dir}")
+    folder = build_once(cache_dir("converted"), key, build, marker=marker, log_name="conversions",
+                        note=f"{artifact} {source_dir}")
     return os.path.join(folder, MODEL_FILE[artifact])
 
 
 def conversions(source_dir: str, kind: str, artifact: str, input_names: Sequence[str]) -> list[str]:
     """This machine's conversion records of one artifact (one line per conversion)."""
-    marker = json.dumps(conversion_key(source_dir, kind, artifact, input_names), sort_keys=True)
-    path = os.path.join(cache_dir("converted"), hashlib.sha256(marker.encode()).hexdigest()[:32] + ".conversions")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [line for line in f.read().splitlines() if line]
+    return build_log(cache_dir("converted"), conversion_key(source_dir, kind, artifact, input_names)[0],
+                     "conversions")
 
 
 def export_onnx(model: Any, kind: str, input_names: Sequence[str], path: str) -> None:

@@ -117,3 +117,17 @@ def load_runner(model: Any, kind: str, backend: str, precision: str, source_dir:
         raise ConversionError(
             f"backend={backend!r} could not load the converted model {path} ({type(exc).__name__}: {exc}"[:1500]
             + f"); delete {os.path.dirname(path)} to convert it again") from exc
+
+
+def runner_for(model: Any, kind: str, backend: str, precision: str, source_dir: str, tokenizer: Any) -> Runner:
+    """`model` (a loaded transformers model of the snapshot in `source_dir`) on `backend`, converted once
+    per machine, with the task's threads (torch's count, set from the task's CPUs); the torch weights
+    are then released (the backend holds its own copy; the config stays readable)."""
+    import torch
+
+    from spark_infer.backends import effective_precision
+
+    runner = load_runner(model.float(), kind, backend, effective_precision(precision), source_dir,
+                         input_names_for(model, tokenizer), torch.get_num_threads())
+    model.to("meta")
+    return runner

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from spark_infer.local_cache import COMPLETE_MARKER as _COMPLETE
-from spark_infer.local_cache import build_once, cache_dir
+from spark_infer.local_cache import build_log, build_once, cache_dir
 
 if TYPE_CHECKING:
     from spark_infer.models.base import ModelSnapshot
@@ -77,8 +77,4 @@ def _check_complete(snapshot: ModelSnapshot, folder: str) -> None:
 
 def downloads(snapshot: ModelSnapshot) -> list[str]:
     """The download records of `snapshot` in this machine's cache (one line per download)."""
-    path = os.path.join(cache_dir("models"), snapshot_key(snapshot) + ".downloads")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [line for line in f.read().splitlines() if line]
+    return build_log(cache_dir("models"), snapshot_key(snapshot), "downloads")

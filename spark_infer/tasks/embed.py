@@ -278,21 +278,18 @@ class EmbedTask(Task):
 
 def _run_transformer_on(st: Any, backend: str, precision: str, model_dir: str) -> None:
     """Replace the forward of the model's Transformer module (its first) by the converted model on
-    `backend`; Pooling, Dense, Normalize and the rest stay the model's own torch modules. The torch
-    weights are released (the backend holds its own copy)."""
+    `backend`; Pooling, Dense, Normalize and the rest stay the model's own torch modules."""
     import torch
 
-    from spark_infer.backends import BackendError, effective_precision
-    from spark_infer.backends.runners import input_names_for, load_runner
+    from spark_infer.backends import BackendError
+    from spark_infer.backends.runners import runner_for
 
     transformer = st[0]
     inner = getattr(transformer, "model", None) or getattr(transformer, "auto_model", None)
     if inner is None or not _gives_token_embeddings_of_text(transformer, inner):
         raise BackendError(f"backend={backend!r}: the model's Transformer module is not a plain text encoder "
                            "giving token embeddings (use backend torch)")
-    names = input_names_for(inner, st.tokenizer)
-    runner = load_runner(inner.float(), "feature-extraction", backend, effective_precision(precision), model_dir,
-                         names, torch.get_num_threads())
+    runner = runner_for(inner, "feature-extraction", backend, precision, model_dir, st.tokenizer)
     output = transformer.module_output_name if hasattr(transformer, "module_output_name") else "token_embeddings"
 
     def forward(features: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -302,7 +299,6 @@ def _run_transformer_on(st: Any, backend: str, precision: str, model_dir: str) -
 
     transformer.forward = forward
     transformer.runner = runner
-    inner.to("meta")  # the weights' memory back; the config (dimensions) stays readable
 
 
 def _gives_token_embeddings_of_text(transformer: Any, inner: Any) -> bool:

@@ -99,7 +99,6 @@ class HFTextTask(Task):
     def load_classifier(self) -> Any:
         """The sequence classifier (its config gives labels), and its logits' runner: the converted
         model on the task's `backend` (ONNX Runtime, OpenVINO), or torch (in bf16 autocast when asked)."""
-        import torch
         from transformers import AutoModelForSequenceClassification
 
         model = self.load_model(AutoModelForSequenceClassification)
@@ -107,13 +106,10 @@ class HFTextTask(Task):
         self.autocast = autocast_dtype(self.options)
         self.runner = None
         if backend in ("onnx", "openvino"):
-            from spark_infer.backends import effective_precision
-            from spark_infer.backends.runners import input_names_for, load_runner
+            from spark_infer.backends.runners import runner_for
 
-            self.runner = load_runner(model.float(), "sequence-classification", backend,
-                                      effective_precision(self.options.precision), self.model_dir,
-                                      input_names_for(model, self.tokenizer), torch.get_num_threads())
-            model.to("meta")  # the backend holds the weights; the config stays readable
+            self.runner = runner_for(model, "sequence-classification", backend, self.options.precision,
+                                     self.model_dir, self.tokenizer)
         return model
 
     def logits(self, feeds: dict[str, Any]) -> np.ndarray:
