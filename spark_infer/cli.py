@@ -51,12 +51,16 @@ def score_parser(prog: str = "spark-infer score") -> argparse.ArgumentParser:
     p.add_argument("--id-col", dest="id_col")
     p.add_argument("--partition-by", dest="partition_by", help="comma-separated unit columns")
     p.add_argument("--buckets", type=int, help="id buckets for an unpartitioned input")
+    p.add_argument("--no-change-feed", dest="change_feed", action="store_false", default=None,
+                   help="hash changed units' rows even where the input has a Change Data Feed")
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--max-length", dest="max_length", type=int)
     p.add_argument("--token-budget", dest="token_budget", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--on-error", dest="on_error", choices=["null", "fail"])
     p.add_argument("--on-model-change", dest="on_model_change", choices=["rescore", "new_only"])
+    p.add_argument("--incremental", dest="incremental", choices=["row", "unit"],
+                   help="a changed unit costs its changed rows (row, the default) or all its rows (unit)")
     p.add_argument("--gpus-per-task", dest="gpus_per_task", type=float)
     p.add_argument("--cpus-per-task", dest="cpus_per_task", type=int)
     p.add_argument("--concurrent-groups", "--concurrent-units", dest="concurrent_groups", type=int,

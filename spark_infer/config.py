@@ -35,7 +35,8 @@ from spark_infer.tasks import get_task, task_names
 
 #: columns the job adds to every output row (besides the task's output and `error`)
 LINEAGE_COLUMNS = (
-    "model", "model_fingerprint", "task", "run_id", "input_version", "input_state", "input_files", "scored_at",
+    "model", "model_fingerprint", "task", "run_id", "input_version", "input_state", "input_files", "input_row_state",
+    "scored_at",
 )
 BUCKET_COLUMN = "bucket"
 
@@ -54,6 +55,11 @@ class InputSection(_Section):
         default=None, description="unit columns; default: the input table's partition columns"
     )
     buckets: int = Field(default=8, ge=1, le=10_000, description="id buckets for an unpartitioned input")
+    change_feed: bool = Field(
+        default=True,
+        description="find the changed rows of changed units in the input's Change Data Feed where it is enabled "
+                    "(delta.enableChangeDataFeed), instead of hashing every row of those units; false: always hash",
+    )
 
 
 class ModelSection(_Section):
@@ -183,6 +189,11 @@ class CommitSection(_Section):
     max_error_rate: float = Field(
         default=0.1, ge=0, le=1, description="largest share of error rows a unit may have and still be committed"
     )
+    incremental: Literal["row", "unit"] = Field(
+        default="row",
+        description="what a changed unit costs: row (score its new and changed rows, drop its deleted rows, keep "
+                    "the rest, by each row's input_row_state) or unit (score the whole unit again)",
+    )
     on_model_change: Literal["rescore", "new_only"] = "rescore"
     on_orphan: Literal["delete", "keep"] = Field(
         default="delete", description="output units whose input unit is gone: delete their rows, or keep them"
@@ -248,7 +259,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
 SCALAR_SECTIONS = {"input": "table", "output": "table", "model": "ref"}
 #: flat names (command-line flags, earlier config files) -> (section, field)
 FLAT: dict[str, tuple[str, str]] = {
-    **{f: ("input", f) for f in ("id_col", "text_col", "partition_by", "buckets")},
+    **{f: ("input", f) for f in ("id_col", "text_col", "partition_by", "buckets", "change_feed")},
     "task": ("model", "task"), "model_revision": ("model", "revision"), "task_options": ("model", "options"),
     "max_length": ("model", "max_length"),
     "output_col": ("output", "column"), "output_format": ("output", "format"),

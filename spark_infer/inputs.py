@@ -77,6 +77,8 @@ class InputTable:
         self.version: int | None = None
         self.schema: StructType | None = None
         self.partition_columns: list[str] = []
+        #: table properties at the pinned version (e.g. delta.enableChangeDataFeed)
+        self.properties: dict[str, str] = {}
 
     def read_log(self) -> bool:
         """Pin the latest version from the log, without Spark (path tables delta-rs can read)."""
@@ -87,6 +89,7 @@ class InputTable:
             return False
         self.version, self.schema = self.log.version, self.log.spark_schema()
         self.partition_columns = self.log.partition_columns
+        self.properties = dict(self.log.properties)
         return True
 
     def read_spark(self, spark: SparkSession) -> None:
@@ -101,6 +104,7 @@ class InputTable:
             raise ConfigError(f"input={self.ref!r}: not an existing Delta table")
         self.version = self.table.version(spark)
         self.partition_columns = list(detail["partitionColumns"])
+        self.properties = {str(k): str(v) for k, v in (detail.get("properties") or {}).items()}
         if not self.table.is_path:
             self.log = open_log(detail["location"], self.version)
         self.schema = self.read(spark).schema

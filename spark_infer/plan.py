@@ -3,11 +3,16 @@
 Pure decisions over states read elsewhere (`job/planner.py`, from the input's log and the sink):
 `decide` splits the input's units into pending (with a reason), done, kept-with-an-old-model
 and orphaned; `make_groups` packs pending units into commit groups. Nothing here touches Spark.
+
+Two grains (`commit.incremental`): a unit's state says "done" at metadata cost; a pending unit the
+output already holds rows for is, at row grain, planned row by row (`RowCounts`, from
+`spark_infer.job.rowdiff`): its new and changed rows are scored, its deleted rows dropped, the rest
+kept. A new unit, or any unit at unit grain, is scored whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +22,26 @@ from spark_infer.units import UnitColumn, UnitKey, label
 
 #: why a unit is pending
 NEW, CHANGED, MODEL_CHANGED, ERRORS = "new", "changed", "model_changed", "errors"
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    """What a row-grain unit's diff found: rows to score (new ids, changed content, error rows under
+    `rescore_errors`, rows of another model under `on_model_change: rescore`), to delete (ids gone
+    from the input) and to keep."""
+
+    new: int = 0
+    changed: int = 0
+    errors: int = 0
+    model: int = 0
+    deleted: int = 0
+    kept: int = 0
+    #: kept rows that are error rows (they count toward the unit's error rate after the commit)
+    kept_errors: int = 0
+
+    @property
+    def score(self) -> int:
+        return self.new + self.changed + self.errors + self.model
 
 
 @dataclass
@@ -35,10 +60,39 @@ class Plan:
     #: the largest share of the output's units a run deletes as orphans without `allow_mass_delete`
     max_orphan_share: float = 0.5
     allow_mass_delete: bool = False
+    #: pending units planned at row grain: what their diff found (every other pending unit is scored whole)
+    rows: dict[UnitKey, RowCounts] = field(default_factory=dict)
+    #: rows the output held when the run planned (the mass-delete guard's denominator)
+    output_rows: int = 0
+
+    def score_rows(self, unit: InputUnit) -> int:
+        """Rows of `unit` this plan scores: its diff's, at row grain, else all of them."""
+        rc = self.rows.get(unit.key)
+        return unit.rows if rc is None else rc.score
 
     @property
     def pending_rows(self) -> int:
-        return sum(u.rows for u, _ in self.pending)
+        return sum(self.score_rows(u) for u, _ in self.pending)
+
+    @property
+    def deleted_rows(self) -> int:
+        """Output rows this plan removes from units the input still has (ids gone from it)."""
+        return sum(rc.deleted for rc in self.rows.values())
+
+    def row_counts(self) -> dict[str, int]:
+        """rows_new, rows_changed (content, errors, model), rows_deleted, rows_kept over the whole plan."""
+        new = changed = kept = 0
+        for u, why in self.pending:
+            rc = self.rows.get(u.key)
+            if rc is not None:
+                new, changed, kept = new + rc.new, changed + rc.changed + rc.errors + rc.model, kept + rc.kept
+            elif why == NEW:
+                new += u.rows
+            else:
+                changed += u.rows
+        kept += sum(u.rows for u in (*self.done, *self.stale_model))
+        deleted = self.deleted_rows + (self.orphaned_rows if self.delete_orphans else 0)
+        return {"rows_new": new, "rows_changed": changed, "rows_deleted": deleted, "rows_kept": kept}
 
     @property
     def orphaned_rows(self) -> int:
@@ -56,10 +110,18 @@ class Plan:
         return held + len(self.orphaned)
 
     def mass_delete_refusal(self) -> str | None:
-        """Why this plan's orphan deletion needs `allow_mass_delete`, or None: an input with no units at
-        all (truncated, mis-pointed, mid-rewrite) never empties the output, and no run deletes more than
-        `max_orphan_share` of the output's units without the flag."""
-        if not (self.delete_orphans and self.orphaned) or self.allow_mass_delete:
+        """Why this plan's deletions need `allow_mass_delete`, or None: an input with no units at all
+        (truncated, mis-pointed, mid-rewrite) never empties the output, and no run deletes more than
+        `max_orphan_share` of the output's units, or of its rows, without the flag."""
+        if self.allow_mass_delete:
+            return None
+        gone = self.deleted_rows + (self.orphaned_rows if self.delete_orphans else 0)
+        if self.output_rows and gone / self.output_rows > self.max_orphan_share:
+            return (f"refusing to delete output rows: this run would delete {gone} of the output's {self.output_rows} "
+                    f"rows ({gone / self.output_rows:.0%}: ids gone from the input), more than max_orphan_share="
+                    f"{self.max_orphan_share:g}; nothing was written. Check the input; to delete them rerun with "
+                    "--allow-mass-delete (commit.allow_mass_delete: true)")
+        if not (self.delete_orphans and self.orphaned):
             return None
         n, total, rows = len(self.orphaned), self.output_units, self.orphaned_rows
         share = n / total
@@ -90,8 +152,10 @@ class Plan:
             "units_done": len(self.done),
             "units_kept_old_model": len(self.stale_model),
             "units_orphaned": len(self.orphaned),
+            "units_row_grain": len(self.rows),
             "rows_pending": self.pending_rows,
             "rows_orphaned": self.orphaned_rows,
+            **self.row_counts(),
         }
 
 
@@ -130,15 +194,16 @@ def decide(
     return pending, done, stale, orphaned
 
 
-def make_groups(pending: Sequence[tuple[InputUnit, str]], group_rows: int, group_units: int
-                ) -> list[list[tuple[InputUnit, str]]]:
-    """Pack pending units, in plan order, into commit groups of at most `group_rows` rows and
-    `group_units` units; a unit of `group_rows` rows or more is a group of its own."""
+def make_groups(pending: Sequence[tuple[InputUnit, str]], group_rows: int, group_units: int,
+                rows_of: Callable[[InputUnit], int] | None = None) -> list[list[tuple[InputUnit, str]]]:
+    """Pack pending units, in plan order, into commit groups of at most `group_rows` rows (to score:
+    `rows_of`, default all of a unit's) and `group_units` units; a unit of `group_rows` rows or more
+    is a group of its own."""
     groups: list[list[tuple[InputUnit, str]]] = []
     current: list[tuple[InputUnit, str]] = []
     rows = 0
     for item in pending:
-        n = item[0].rows
+        n = item[0].rows if rows_of is None else rows_of(item[0])
         if current and (rows + n > group_rows or len(current) >= group_units):
             groups.append(current)
             current, rows = [], 0

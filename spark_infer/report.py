@@ -92,6 +92,8 @@ class RunSummary:
             "units_planned": p.get("units_pending", 0), "units_scored": len(self.units_committed),
             "units_skipped": p.get("units_done", 0) + p.get("units_kept_old_model", 0),
             "units_failed": len(self.units_failed), "units_deleted": len(self.units_deleted), "rows": self.rows_scored,
+            # what the plan found at row grain (new/changed rows are scored, deleted dropped, kept untouched)
+            **{k: p.get(k, 0) for k in ("rows_new", "rows_changed", "rows_deleted", "rows_kept")},
             "rows_uncommitted": self.rows_uncommitted, "units_done_elsewhere": len(self.units_done_elsewhere),
             "error_rows": c.get("error_rows", 0), "tokens": c.get("tokens", 0),
             "durations_json": json.dumps(self.durations_s, sort_keys=True),
@@ -229,8 +231,16 @@ def format_plan(plan: Plan, input_ref: str, id_col: str, max_lines: int | None =
     def line(kind: str, why: str, key: tuple, rows: int) -> str:  # `why`: fixed text or rendered
         return f"  {kind:<8} {why:<13} {unit_label(plan, key):<40} rows={render(rows)}"
 
+    def pending(u, reason: str) -> str:
+        text = line("pending", render(reason), u.key, u.rows)
+        rc = plan.rows.get(u.key)
+        if rc is None:
+            return text + f" score={render(u.rows)}"
+        return text + (f" score={rc.score} (new={rc.new} changed={rc.changed} errors={rc.errors} model={rc.model})"
+                       f" delete={rc.deleted} keep={rc.kept}")
+
     rows: list[tuple[str, str]] = []
-    rows += [("pending", line("pending", render(reason), u.key, u.rows)) for u, reason in plan.pending]
+    rows += [("pending", pending(u, reason)) for u, reason in plan.pending]
     rows += [("done", line("done", "", u.key, u.rows)) for u in plan.done]
     rows += [("kept", line("kept", "old model", u.key, u.rows)) for u in plan.stale_model]
     action = "delete" if plan.delete_orphans else "keep"

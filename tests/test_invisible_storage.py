@@ -95,6 +95,19 @@ def test_incremental_job_from_a_client_that_cannot_see_the_storage(spark, connec
     s5 = score("noop2")  # the records read through the session: nothing hashed, so nothing recorded again
     assert s5["units_committed"] == [] and delta_versions(out + "_unit_files")[-1] == recorded
 
+    # row grain: two rows' text changed and one row deleted: the diff and the kept rows read through
+    # the session alone (the output at the plan's version), only the two rows scored
+    from delta.tables import DeltaTable
+
+    t = DeltaTable.forPath(spark, inp)
+    t.update("id IN (1, 101)", {"text": "concat(text, ' revised')"})
+    t.delete("id = 2")
+    s6 = score("rows")
+    assert s6["rows_scored"] == 2 and (s6["plan"]["rows_changed"], s6["plan"]["rows_deleted"]) == (2, 1), s6["plan"]
+    res = spark.read.format("delta").load(out)
+    assert res.count() == len(rows) + 5 - 1 == res.select("id").distinct().count()
+    assert {r.id for r in res.where(f"run_id = '{s6['run_id']}'").collect()} == {1, 101}
+
 
 def test_a_foreign_table_the_client_cannot_see_is_refused_untouched(spark, connect_url, lake, tiny_bert, tmp_path):
     folder, inp, _, _ = lake

@@ -86,6 +86,19 @@ def test_incremental_job_on_serverless(spark, connect_url, tables, tiny_bert, tm
     assert [(r.run_id, r.session_kind, r.staging, r.device_kind) for r in runs] == [
         (s["run_id"], "serverless", "table", "cpu") for s in (s1, s2, s3)]
 
+    # row grain through a staging table: two changed rows scored, one deleted row dropped
+    from delta.tables import DeltaTable
+
+    t = DeltaTable.forPath(spark, inp)
+    t.update("id IN (1, 101)", {"text": "concat(text, ' revised')"})
+    t.delete("id = 2")
+    s4 = score("rows")
+    assert s4["staging"] == "table" and s4["rows_scored"] == 2 and s4["plan"]["rows_deleted"] == 1, s4["plan"]
+    assert staging_tables(spark) == []
+    res = spark.read.format("delta").load(out)
+    assert res.count() == len(rows) + 5 - 1 == res.select("id").distinct().count()
+    assert {r.id for r in res.where(f"run_id = '{s4['run_id']}'").collect()} == {1, 101}
+
 
 @pytest.mark.slow
 def test_sigterm_on_serverless_and_the_rerun_completes(spark, connect_url, tables, tiny_bert, tmp_path):

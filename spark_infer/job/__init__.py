@@ -166,10 +166,12 @@ class ScoringJob:
                 self.summary.output_version_before = sink.version()
         session.set_conf("spark.sql.files.maxRecordsPerFile", str(cfg.output.rows_per_file))
         metrics = session.caps.counters_accumulator()
+        row_keys = frozenset(p.rows)
         scorer = GroupScorer(cfg, self.spec, shape, planned.input_df,
-                             res.tasks_per_group or session.caps.default_parallelism(), profile, metrics, staging)
+                             res.tasks_per_group or session.caps.default_parallelism(), profile, metrics, staging,
+                             planned.diff, row_keys)
         committer = GroupCommitter(cfg, self.spec, shape, sink, session.spark, self.run_id, p.input_version,
-                                   -1 if plan_version is None else plan_version)
+                                   -1 if plan_version is None else plan_version, planned.diff, row_keys)
         t_all = time.monotonic()
         if p.orphaned and p.delete_orphans and not self.stop_requested.is_set():
             keys = [k for k, _ in p.orphaned]
@@ -186,12 +188,13 @@ class ScoringJob:
                 units = elsewhere.drop(units, p, self.summary)  # an overlapping run committed them since the plan
                 if not units:
                     return GroupResult()
-            staged = scorer.stage(units, p.label(units[0].key))
+            staged = scorer.stage(units, p.label(units[0].key), sum(p.score_rows(u) for u in units))
             counters: dict[str, int] = {}
             try:
                 stats = staged.unit_stats()
                 counters = staged.counters()
-                ok, failed = check_units(stats, {u.key: u for u in units}, shape.unit_cols, cfg.commit.max_error_rate)
+                ok, failed = check_units(stats, {u.key: u for u in units}, shape.unit_cols, cfg.commit.max_error_rate,
+                                         {u.key: p.rows[u.key] for u in units if u.key in row_keys})
                 check_workers(counters, self.spec)  # scored where and how the fingerprint says, or no commit
                 if ok:
                     committer.commit(staged, ok)
@@ -211,7 +214,8 @@ class ScoringJob:
         self.summary.plan["groups"] = 0
         while todo and not self.stop_requested.is_set():
             groups = [[u for u, _ in g] for g in
-                      make_groups([(u, reasons[u.key]) for u in todo], cfg.commit.group_rows, cfg.commit.group_units)]
+                      make_groups([(u, reasons[u.key]) for u in todo], cfg.commit.group_rows, cfg.commit.group_units,
+                                  p.score_rows)]
             self.summary.plan["groups"] += len(groups)
             held = None
             if claims is not None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from spark_infer.inputs import InputUnit, row_hash
+from spark_infer.row_state import row_state_expr
 from spark_infer.udf import METRICS_COL, predict_frame, sum_counters
 from spark_infer.units import UnitKey, canonical_exprs, group_predicate, key_from_row
 
@@ -19,12 +20,15 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
     from spark_infer.config import JobConfig
+    from spark_infer.job.rowdiff import RowDiff
     from spark_infer.job.shape import JobShape
     from spark_infer.job.staging import Staging
     from spark_infer.runtime.spec import ModelSpec
 
 #: the row hash travels with each scored row (it becomes the unit's content state)
 HASH_COL = "__spark_infer_row_hash"
+#: and the row's state (`spark_infer.row_state`: the output's `input_row_state`)
+STATE_COL = "__spark_infer_row_state"
 
 
 @dataclass(frozen=True)
@@ -70,23 +74,35 @@ class StagedGroup:
 
 
 class GroupScorer:
-    """Scores the units of one group with the job's model, `tasks_per_group` Spark tasks wide."""
+    """Scores the units of one group with the job's model, `tasks_per_group` Spark tasks wide: whole
+    units all their rows, row-grain units (`row_keys`) only the rows their diff says to score."""
 
     def __init__(self, cfg: JobConfig, spec: ModelSpec, shape: JobShape, input_df: DataFrame, parallelism: int,
-                 profile: Any, metrics: Any, staging: Staging) -> None:
+                 profile: Any, metrics: Any, staging: Staging, diff: RowDiff | None = None,
+                 row_keys: frozenset[UnitKey] = frozenset()) -> None:
         self.cfg, self.spec, self.shape, self.input_df = cfg, spec, shape, input_df
         self.parallelism, self.profile, self.metrics, self.staging = parallelism, profile, metrics, staging
+        self.diff, self.row_keys = diff, row_keys
 
-    def stage(self, units: Sequence[InputUnit], name: str = "group") -> StagedGroup:
+    def stage(self, units: Sequence[InputUnit], name: str = "group", rows: int | None = None) -> StagedGroup:
+        """The group's scored rows, staged; `rows`: how many it scores (for its width)."""
         shape = self.shape
-        rows = sum(u.rows for u in units)
-        src = self.input_df.where(group_predicate(shape.unit_cols, [u.key for u in units]))
-        src = src.withColumn(HASH_COL, row_hash(src, shape.hashed))
+        rows = sum(u.rows for u in units) if rows is None else rows
+        whole = [u.key for u in units if u.key not in self.row_keys]
+        part = [u.key for u in units if u.key in self.row_keys]
+        src = self.input_df.where(group_predicate(shape.unit_cols, whole)) if whole else None
+        if part:
+            assert self.diff is not None
+            diffed = self.diff.to_score(part)
+            src = diffed if src is None else src.unionByName(diffed)
+        assert src is not None
+        src = src.withColumn(HASH_COL, row_hash(src, shape.hashed)).withColumn(
+            STATE_COL, row_state_expr(src.schema, shape.read))
         if self.parallelism > 1 and rows > 1:
             src = src.repartition(min(self.parallelism, rows))
         scored = predict_frame(
             src, shape.input_expr, spec=self.spec, runtime=self.cfg.runtime, profile=self.profile,
-            keys=[*shape.keys, HASH_COL], output_col=self.cfg.prediction_col, metrics=self.metrics,
+            keys=[*shape.keys, HASH_COL, STATE_COL], output_col=self.cfg.prediction_col, metrics=self.metrics,
             metric_rows=True,
         )
         kept, release = self.staging.keep(scored, name)

@@ -21,6 +21,7 @@ made with the session, exactly as before.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -30,11 +31,14 @@ from typing import TYPE_CHECKING
 from spark_infer.delta_log import open_log
 from spark_infer.errors import ConfigError
 from spark_infer.inputs import InputTable, InputUnit, content_states
+from spark_infer.job.changefeed import FeedPlan, feed_enabled, read_feed
 from spark_infer.job.devices import known_local
 from spark_infer.job.fit import check_fits_udf_memory
+from spark_infer.job.rowdiff import RowDiff, check_unique_ids
 from spark_infer.job.shape import JobShape, shape_of
-from spark_infer.plan import Plan, bucket_expr, decide
-from spark_infer.sinks import FilesRecord, RecordsUnitFiles
+from spark_infer.log import event
+from spark_infer.plan import NEW, Plan, bucket_expr, decide
+from spark_infer.sinks import FilesRecord, RecordsUnitFiles, RowsAtVersion
 from spark_infer.tables import TableRef
 from spark_infer.units import key_json
 
@@ -52,6 +56,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("spark_infer")
 
+#: `Planner._row_diff`: the change feed did not explain a unit's rows; plan again by hashing
+_FEED_DOUBT = object()
+
 
 @dataclass(frozen=True)
 class Planned:
@@ -65,6 +72,8 @@ class Planned:
     files_learned: tuple[FilesRecord, ...] = field(default=())
     #: planned from the two Delta logs with no session, and nothing to do: the run ends without Spark
     from_logs: bool = False
+    #: the row-level diff of the plan's row-grain units (`plan.rows`), None at unit grain
+    diff: RowDiff | None = None
 
 
 class Planner:
@@ -73,6 +82,9 @@ class Planner:
     def __init__(self, cfg: JobConfig, spec: ModelSpec, session: JobSession, summary: RunSummary) -> None:
         self.cfg, self.spec, self.session, self.summary = cfg, spec, session, summary
         self.input = InputTable(cfg.input.table)
+        #: the change feed this plan read (None: units hashed), and the unit-files records in use
+        self._feed: FeedPlan | None = None
+        self._known: _KnownFiles | None = None
 
     def plan(self) -> Planned:
         cfg, inp, session = self.cfg, self.input, self.session
@@ -106,14 +118,83 @@ class Planner:
                 sink.check_compatible(shape.schema, shape.unit_cols, shape.layout)
                 self.summary.output_version_before = sink.version()
                 committed = sink.committed_units(shape.unit_cols)
-            known = _KnownFiles(sink, shape.unit_cols, shape.hashed)
-            units = self._input_units(shape, df, committed, known)
-            plan = self._decide(shape, units, committed)
+            # from the change feed where the input has one; hashing where that fails or leaves a doubt
+            for use_feed in ((True, False) if self._feed_allowed(shape) else (False,)):
+                self._feed = None
+                known = _KnownFiles(sink, shape.unit_cols, shape.hashed)
+                units = self._input_units(shape, df, committed, known, use_feed=use_feed)
+                plan = self._decide(shape, units, committed)
+                plan.output_rows = sum(c.rows for c in committed.values())
+                if plan.pending:  # an id names one row: checked over every row this run scores or diffs
+                    check_unique_ids(df, shape, [u.key for u, _ in plan.pending], cfg.input.id_col)
+                diff = self._row_diff(shape, df, plan, committed)
+                if diff is not _FEED_DOUBT:
+                    break
         self.summary.plan = plan.counts()
+        if self._feed is not None:  # the units diffed on the feed's ids alone (not a plan decision)
+            self.summary.plan["units_from_feed"] = len(set(self._feed.changed) & set(plan.rows))
         self.summary.durations_s["plan"] = round(time.monotonic() - t0, 3)
         session.count_jobs("plan")
         settled = {u.key for u in (*plan.done, *plan.stale_model)}
-        return Planned(plan, shape, df, tuple(r for k, r in known.learned.items() if k in settled))
+        return Planned(plan, shape, df, tuple(r for k, r in known.learned.items() if k in settled), diff=diff)
+
+    def _feed_allowed(self, shape: JobShape) -> bool:
+        """Whether changed units may be planned from the input's change feed (row grain, the feed on
+        in the config and enabled on the input, an output to diff against)."""
+        cfg = self.cfg
+        return (cfg.input.change_feed and cfg.commit.incremental == "row" and feed_enabled(self.input.properties)
+                and self.summary.output_version_before is not None and isinstance(self.session.sink, RowsAtVersion))
+
+    def _row_diff(self, shape: JobShape, df: DataFrame, plan: Plan, committed: dict[UnitKey, Committed]
+                  ) -> RowDiff | None | object:
+        """At row grain, the diff of the pending units the output holds rows for, counted into
+        `plan.rows` (one Spark job); None at unit grain, or for an output that cannot give its rows
+        at the plan's version; `_FEED_DOUBT` when the feed does not explain a unit's rows (plan again,
+        hashing)."""
+        cfg, sink, version = self.cfg, self.session.sink, self.summary.output_version_before
+        if cfg.commit.incremental != "row" or version is None or not isinstance(sink, RowsAtVersion):
+            return None
+        feed = self._feed
+        diff = RowDiff(self.session.spark, shape, df, self.input.table, sink, version, self.spec.fingerprint,
+                       id_col=cfg.input.id_col, buckets=cfg.input.buckets, on_model_change=cfg.commit.on_model_change,
+                       rescore_errors=cfg.commit.rescore_errors, feed=feed)
+        keys = [u.key for u, why in plan.pending if why != NEW]
+        if not keys:
+            return diff
+        t0 = time.monotonic()
+        plan.rows = diff.counts(keys)
+        self.summary.durations_s["row_diff"] = round(time.monotonic() - t0, 3)
+        if feed is None:
+            return diff
+        # a unit planned from the feed: its rows now are the ones it keeps and scores
+        pending, settled = [], []
+        for u, why in plan.pending:
+            rc = plan.rows.get(u.key)
+            if u.key not in feed.changed or rc is None:
+                pending.append((u, why))
+                continue
+            present = rc.kept + rc.score
+            if shape.bucketed:
+                u = dataclasses.replace(u, rows=present)
+            elif present != u.rows:
+                event("change_feed_not_used", reason=f"the feed leaves {present} rows in a unit of {u.rows}")
+                return _FEED_DOUBT
+            c = committed[u.key]
+            if present == 0:  # every row of the unit deleted: an orphan, as hashing finds it
+                plan.rows.pop(u.key)
+                plan.orphaned.append((u.key, c))
+            elif rc.score == 0 and rc.deleted == 0 and c.state is not None:
+                # named by the feed, but equal (an update of a column the task does not read, or to the
+                # same value): done, as hashing finds it; its new files are recorded
+                plan.rows.pop(u.key)
+                settled.append(dataclasses.replace(u, state=c.state))
+            else:
+                pending.append((u, why))
+        plan.pending = pending
+        plan.done.extend(settled)
+        for u in settled:
+            self._known.learn(u, committed[u.key])
+        return diff
 
     def _decide(self, shape: JobShape, units: list[InputUnit], committed: dict[UnitKey, Committed]) -> Plan:
         """The plan's decisions (`plan.decide`) with the job's commit settings: one place for both ways
@@ -170,11 +251,14 @@ class Planner:
         return Planned(plan, shape, None, from_logs=True)
 
     def _input_units(self, shape: JobShape, df: DataFrame | None, committed: dict[UnitKey, Committed],
-                     seen: _KnownFiles) -> list[InputUnit] | None:
+                     seen: _KnownFiles, use_feed: bool = False) -> list[InputUnit] | None:
         """The input's units with their states, reading rows only where the logs cannot tell; None
-        when rows would have to be read but there is no `df` (a plan from the logs alone)."""
+        when rows would have to be read but there is no `df` (a plan from the logs alone). With
+        `use_feed`, units whose files changed are planned from the input's change feed where it can
+        tell (`spark_infer.job.changefeed`), and hashed where it cannot."""
         cols = shape.unit_cols
         spark = self.session.spark
+        self._known = seen
         by_unit = self.input.files_by_unit(cols, spark) if not shape.bucketed else None
         if by_unit is not None:
             known: dict[UnitKey, InputUnit] = {}
@@ -190,6 +274,16 @@ class Planner:
                     known[key] = InputUnit(key, files.rows, None, files.state)  # new: state computed when scored
             if need and df is None:
                 return None
+            if need and use_feed:
+                feed = self._read_feed(shape, df, need)
+                if feed is not None:
+                    for key in need:
+                        c, files = committed[key], by_unit[key]
+                        if key in feed.changed:
+                            known[key] = InputUnit(key, files.rows, feed.state, files.state)
+                        elif files.rows == c.rows and c.state is not None:  # files rewritten, rows not
+                            known[key] = seen.learn(InputUnit(key, files.rows, c.state, files.state), c)
+                    need = [k for k in need if k not in known]
             for key, (rows, state) in content_states(df, cols, shape.hashed, need).items():
                 known[key] = seen.learn(InputUnit(key, rows, state, by_unit[key].state if key in by_unit else None),
                                         committed.get(key))
@@ -203,8 +297,24 @@ class Planner:
             return [InputUnit(k, c.rows, c.state, files) for k, c in committed.items()]
         if df is None:
             return None
+        if use_feed and committed and files is not None:
+            feed = self._read_feed(shape, df, list(committed))
+            if feed is not None and set(feed.changed) <= set(committed):  # a new bucket: hash them all
+                # rows of a bucket the feed names are counted by its diff (kept + scored)
+                return [InputUnit(k, c.rows, feed.state, files) if k in feed.changed
+                        else seen.learn(InputUnit(k, c.rows, c.state, files), c) for k, c in committed.items()]
+            self._feed = None
         return [seen.learn(InputUnit(k, n, s, files), committed.get(k))
                 for k, (n, s) in content_states(df, cols, shape.hashed).items()]
+
+    def _read_feed(self, shape: JobShape, df: DataFrame, keys: list[UnitKey]) -> FeedPlan | None:
+        t0 = time.monotonic()
+        cfg = self.cfg
+        self._feed = read_feed(self.session.spark, self.input, shape, df, self.session.sink,
+                               self.summary.output_version_before, keys, id_col=cfg.input.id_col,
+                               buckets=cfg.input.buckets)
+        self.summary.durations_s["change_feed"] = round(time.monotonic() - t0, 3)
+        return self._feed
 
 
 class _KnownFiles:

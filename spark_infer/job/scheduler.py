@@ -106,7 +106,7 @@ class GroupScheduler:
         with self._lock:
             for k, v in result.counters.items():
                 self._counters[k] = self._counters.get(k, 0) + v
-            committed_rows = sum(u.rows for u in result.committed)
+            committed_rows = sum(self.plan.score_rows(u) for u in result.committed)
             self.summary.rows_uncommitted += max(0, result.counters.get("rows", 0) - committed_rows)
         if result.error is not None:
             self._failed(result.error, labels)
@@ -117,10 +117,10 @@ class GroupScheduler:
                 event("unit_failed", unit=lab, error=why[:300])
             for u in result.committed:
                 self.summary.units_committed.append(self.plan.label(u.key))
-                self.summary.rows_scored += u.rows
+                self.summary.rows_scored += self.plan.score_rows(u)
             if result.committed:
                 progress.group_done([self.plan.label(u.key) for u in result.committed],
-                                    sum(u.rows for u in result.committed), time.monotonic() - t0)
+                                    sum(self.plan.score_rows(u) for u in result.committed), time.monotonic() - t0)
 
     def _failed(self, exc: BaseException, labels: list[str]) -> None:
         if self.session.sink.is_conflict(exc):

@@ -18,7 +18,7 @@ from spark_infer.units import UnitColumn
 
 
 def lineage_schema() -> list[StructField]:
-    types = {"input_version": LongType(), "scored_at": TimestampType()}
+    types = {"input_version": LongType(), "input_row_state": LongType(), "scored_at": TimestampType()}
     return [StructField(c, types.get(c, StringType())) for c in LINEAGE_COLUMNS]
 
 
@@ -27,13 +27,15 @@ class JobShape:
     """What one job reads and writes.
 
     `input_expr` is what the model reads (the text column, or the task's columns); `hashed` the
-    columns whose values make a unit's content state; `keys` the columns every output row carries
+    columns whose values make a unit's content state (the id and `read`); `read` the columns whose
+    values make a row's state (`spark_infer.row_state`); `keys` the columns every output row carries
     besides the prediction; `schema` the output's full schema; `layout` the table properties that
     must not change between runs (unit columns, id buckets).
     """
 
     input_expr: str | list[str]
     hashed: list[str]
+    read: list[str]
     unit_cols: list[UnitColumn]
     bucketed: bool
     keys: list[str]
@@ -73,7 +75,7 @@ def shape_of(cfg: JobConfig, spec: ModelSpec, schema: StructType, partition_colu
     layout = {"spark_infer.id_col": inp.id_col, "spark_infer.units": ",".join(c.name for c in unit_cols) or "-"}
     if bucketed:
         layout["spark_infer.buckets"] = str(inp.buckets)
-    return JobShape(input_expr, hashed, unit_cols, bucketed, keys, out_schema, layout)
+    return JobShape(input_expr, hashed, hashed[1:], unit_cols, bucketed, keys, out_schema, layout)
 
 
 def _model_inputs(cfg: JobConfig, spec: ModelSpec, cols: list[str]) -> tuple[str | list[str], list[str]]:

@@ -12,11 +12,12 @@ from spark_infer.sinks.base import (
     FilesRecord,
     OutputTable,
     RecordsUnitFiles,
+    RowsAtVersion,
     discover,
     open_sink,
     register_sink,
     registered_sinks,
 )
 
-__all__ = ["ClaimsUnits", "Committed", "FilesRecord", "OutputTable", "RecordsUnitFiles", "discover", "open_sink", "register_sink",
+__all__ = ["ClaimsUnits", "Committed", "FilesRecord", "OutputTable", "RecordsUnitFiles", "RowsAtVersion", "discover", "open_sink", "register_sink",
            "registered_sinks"]

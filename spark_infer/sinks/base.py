@@ -87,6 +87,16 @@ class RecordsUnitFiles(Protocol):
 
 
 @runtime_checkable
+class RowsAtVersion(Protocol):
+    """What an output offers for row-grain plans (`commit.incremental: row`): its rows as they were at
+    one of its versions, so that a run's plan, scoring and commit all diff against the same rows.
+    Without it, changed units are scored whole."""
+
+    def rows_at(self, version: int) -> DataFrame:
+        """The table's rows at `version` (all columns)."""
+
+
+@runtime_checkable
 class ClaimsUnits(Protocol):
     """What an output may offer so that runs overlapping on it share its units (`spark_infer.job.claims`)
     instead of scoring them twice; without it overlapping runs are still safe (one of two commits of

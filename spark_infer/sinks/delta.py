@@ -47,7 +47,7 @@ from spark_infer.units import UnitColumn, UnitKey, canonical_exprs, key_from_row
 #: lineage columns whose statistics tell what a unit was scored from
 STATE_COLUMNS = ("input_state", "input_files", "model_fingerprint")
 #: lineage columns a table written by an older version may lack; added when found missing
-ADDABLE_COLUMNS = ("input_files",)
+ADDABLE_COLUMNS = ("input_files", "input_row_state")
 
 #: table properties that keep the output readable by other Delta readers (delta-rs, DuckDB):
 #: no deletion vectors, no column mapping, no v2 checkpoints.
@@ -117,7 +117,8 @@ RUNS_SCHEMA = (
     "units_skipped int, units_failed int, units_deleted int, rows long, error_rows long, tokens long, "
     "durations_json string, error string, started_at string, ended_at string, session_kind string, "
     "staging string, device_kind string, precision string, workers_json string, rows_uncommitted long, "
-    "units_done_elsewhere int, model_assumed string, backend string"
+    "units_done_elsewhere int, model_assumed string, backend string, rows_new long, rows_changed long, "
+    "rows_deleted long, rows_kept long"
 )
 
 
@@ -356,6 +357,9 @@ class DeltaOutput:
     def claims(self) -> ClaimsTable:  # `ClaimsUnits`: runs that overlap share the units
         """`<output>_claims`: which live run is scoring which units of this output."""
         return ClaimsTable(self.spark, self.table.ref.rstrip("/") + "_claims", is_delta_conflict)
+
+    def rows_at(self, version: int) -> DataFrame:  # `RowsAtVersion`: row-grain plans
+        return self.table.read(self.spark, version)
 
     def commits_since(self, version: int, run_id: str) -> tuple[int, bool]:
         return self._commits.since(version, run_id)
