@@ -115,12 +115,9 @@ class Plan:
         `max_orphan_share` of the output's units, or of its rows, without the flag."""
         if self.allow_mass_delete:
             return None
-        gone = self.deleted_rows + (self.orphaned_rows if self.delete_orphans else 0)
-        if self.output_rows and gone / self.output_rows > self.max_orphan_share:
-            return (f"refusing to delete output rows: this run would delete {gone} of the output's {self.output_rows} "
-                    f"rows ({gone / self.output_rows:.0%}: ids gone from the input), more than max_orphan_share="
-                    f"{self.max_orphan_share:g}; nothing was written. Check the input; to delete them rerun with "
-                    "--allow-mass-delete (commit.allow_mass_delete: true)")
+        return self._orphans_refusal() or self._rows_refusal()
+
+    def _orphans_refusal(self) -> str | None:
         if not (self.delete_orphans and self.orphaned):
             return None
         n, total, rows = len(self.orphaned), self.output_units, self.orphaned_rows
@@ -136,6 +133,15 @@ class Plan:
         return (f"refusing to delete orphaned units: this run {what}: {why}; nothing was written. Check the "
                 "input; to delete them rerun with --allow-mass-delete (commit.allow_mass_delete: true), "
                 "or keep them with --on-orphan keep")
+
+    def _rows_refusal(self) -> str | None:
+        gone = self.deleted_rows + (self.orphaned_rows if self.delete_orphans else 0)
+        if not self.output_rows or gone / self.output_rows <= self.max_orphan_share:
+            return None
+        return (f"refusing to delete output rows: this run would delete {gone} of the output's {self.output_rows} "
+                f"rows ({gone / self.output_rows:.0%}: ids gone from the input), more than max_orphan_share="
+                f"{self.max_orphan_share:g}; nothing was written. Check the input; to delete them rerun with "
+                "--allow-mass-delete (commit.allow_mass_delete: true)")
 
     def label(self, key: UnitKey) -> str:
         return label(self.unit_columns, key)

@@ -97,7 +97,8 @@ def test_plan_table_has_exactly_one_line_per_unit():
         "input": f"s3a://***@bucket/in\n{FORGED}", "version": "7", "units": "category"}
     assert SECRET not in text  # redaction still applies to every rendered value
     for value, line in zip(HOSTILE, units, strict=True):
-        m = re.search(r' category=("(?:[^"\\]|\\.)*"|\S+) +rows=(\d+)$', line)
+        m = re.search(r' category=("(?:[^"\\]|\\.)*"|\S+) +rows=(\d+)(?: score=\d+(?: \([a-z=0-9 ]+\) delete=\d+ keep=\d+)?)?$',
+                      line)
         assert m, line
         assert json.loads(m.group(1)) == value  # the unit's own value, read back exactly
     assert [ln.split()[0] for ln in units] == ["pending"] * 4 + ["done"] * 3 + ["kept"] * 2 + ["orphaned"]

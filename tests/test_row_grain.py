@@ -96,6 +96,12 @@ def test_a_rerun_scores_exactly_the_new_and_changed_rows_and_drops_the_deleted(
     changed = {3, 17, 42, 77, 120} | set(range(1000, 1010)) | {2000, 2001, 2002}
     assert {i for i in now if now[i] != first.get(i)} == changed  # kept rows: the first run's results
     assert all(now[i][0] == s["run_id"] for i in changed)
+    # the runs table counts the rows by what happened to them (delta-rs reads it as Spark does)
+    from deltalake import DeltaTable as RsTable
+
+    runs = {r["run_id"]: r for r in RsTable(out + "_runs").to_pyarrow_table().to_pylist()}
+    r = runs[s["run_id"]]
+    assert (r["rows_new"], r["rows_changed"], r["rows_deleted"], r["rows_kept"], r["rows"]) == (13, 5, 5, 140, 18)
 
     # done: the next run writes nothing
     code, s3 = job(tmp_path, inp, out, tiny_bert, name="s3.json")

@@ -173,12 +173,7 @@ class ScoringJob:
         committer = GroupCommitter(cfg, self.spec, shape, sink, session.spark, self.run_id, p.input_version,
                                    -1 if plan_version is None else plan_version, planned.diff, row_keys)
         t_all = time.monotonic()
-        if p.orphaned and p.delete_orphans and not self.stop_requested.is_set():
-            keys = [k for k, _ in p.orphaned]
-            with session.stage("score_commit"):
-                committer.delete(keys)
-            self.summary.units_deleted = [p.label(k) for k in keys]
-            event("units_deleted", units=len(keys), reason="not_in_input", first=p.label(keys[0]), output=sink.ref)
+        self._delete_orphans(committer)
         claims = sink.claims() if cfg.commit.claims and isinstance(sink, ClaimsUnits) else None
         elsewhere = _DoneElsewhere(sink, shape.unit_cols, self.spec.fingerprint, self.run_id,
                                    -1 if plan_version is None else plan_version) if claims is not None else None
@@ -243,6 +238,18 @@ class ScoringJob:
                 self.summary.durations_s["optimize"] = round(time.monotonic() - t0, 3)
             self.summary.output_version_after = sink.version()
         session.count_jobs("score_commit")
+
+
+    def _delete_orphans(self, committer: GroupCommitter) -> None:
+        """Units the output holds but the input no longer has: deleted in one commit (`on_orphan`)."""
+        p = self.planned.plan
+        if p.orphaned and p.delete_orphans and not self.stop_requested.is_set():
+            keys = [k for k, _ in p.orphaned]
+            with self.session.stage("score_commit"):
+                committer.delete(keys)
+            self.summary.units_deleted = [p.label(k) for k in keys]
+            event("units_deleted", units=len(keys), reason="not_in_input", first=p.label(keys[0]),
+                  output=self.session.sink.ref)
 
 
 class _DoneElsewhere:

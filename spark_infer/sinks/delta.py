@@ -328,14 +328,11 @@ class DeltaOutput:
             if landed is not None:
                 return landed
             raise
-        return self._verify(app_id, marker, since, plan_version, units_id, run_id)
+        return self._commits.verify(app_id, marker, since, plan_version, units_id, run_id)
 
     def delete_units(self, predicate: str, units_id: str, plan_version: int, run_id: str) -> int:
         empty = self.spark.createDataFrame([], self.table.read(self.spark).schema)
         return self.write_units(empty, predicate, "delete:" + units_id, plan_version, run_id)
-
-    def _verify(self, app_id: str, marker: str, since: int, plan_version: int, units_id: str, run_id: str) -> int:
-        return self._commits.verify(app_id, marker, since, plan_version, units_id, run_id)
 
     def is_conflict(self, exc: BaseException) -> bool:
         return is_delta_conflict(exc)
