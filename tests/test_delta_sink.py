@@ -204,8 +204,8 @@ def test_without_a_log_reader_a_runs_own_commits_are_not_another_run(spark, tmp_
     app = sink.app_id("u2")
     mine = json.dumps({"spark_infer_run": "run-1", "app": app}, separators=(",", ":"))
     with pytest.raises(RuntimeError, match="did not commit") as err:
-        sink._verify(app, mine, 2, 0, "u2", "run-1")  # a write of u2 that never landed
+        sink._commits.verify(app, mine, 2, 0, "u2", "run-1")  # a write of u2 that never landed
     assert not isinstance(err.value, ConcurrentRunError)
     sink.write_units(df.where("category = 'u2'"), "category = 'u2'", "u2", 0, "run-2")  # another run
     with pytest.raises(ConcurrentRunError):
-        sink._verify(app, mine, 2, 0, "u2", "run-1")
+        sink._commits.verify(app, mine, 2, 0, "u2", "run-1")
