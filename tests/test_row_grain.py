@@ -14,6 +14,7 @@ import signal
 import numpy as np
 import pytest
 from jobutil import summary
+from test_claims import job_args
 
 from spark_infer.cli import run_score
 from spark_infer.run import ExitCode
@@ -233,13 +234,6 @@ def _length_input(spark, path: str) -> None:
     spark.createDataFrame(data, SCHEMA).write.format("delta").partitionBy("category").save(path)
 
 
-def _length_args(inp: str, out: str, predictor: str, delay_s: float) -> list[str]:
-    return ["--input", inp, "--output", out, "--task", "custom", "--model", predictor,
-            "--option", "predictor=predictors:TextLength", "--option", 'columns=["text"]',
-            "--option", f'predictor_options={{"delay_s": {delay_s}}}', "--group-units", "1",
-            "--concurrent-units", "1", "--progress-interval", "0"]
-
-
 def _two_rows_changed_per_unit(spark, inp: str) -> None:
     from delta.tables import DeltaTable
 
@@ -258,6 +252,17 @@ def _assert_lengths(spark, inp: str, out: str) -> None:
     assert {r.id: r.prediction for r in res.collect()} == src
 
 
+def _scored_then_changed(spark, tmp_path, predictor: str, delay_s: float) -> tuple[str, str, list[str]]:
+    """(input, output, the job's arguments): the job run once, then two rows of each unit changed and
+    one added. The model's options (its delay too) are fingerprinted: every run of a test is this job."""
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    _length_input(spark, inp)
+    args = job_args(inp, out, predictor, delay_s)
+    assert run_score(args) == ExitCode.OK
+    _two_rows_changed_per_unit(spark, inp)
+    return inp, out, args
+
+
 @pytest.fixture(scope="module")
 def length_predictor(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("predictor")
@@ -269,12 +274,7 @@ def length_predictor(tmp_path_factory) -> str:
 def test_sigkill_during_row_grain_groups_then_rerun_is_exact(spark, tmp_path, length_predictor):
     from jobutil import cli_cmd, delta_versions, kill_group, start, wait_for
 
-    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
-    _length_input(spark, inp)
-    # the model's options (its delay too) are fingerprinted: every run here is the same job
-    args = _length_args(inp, out, length_predictor, 4.0)
-    assert run_score(args) == ExitCode.OK
-    _two_rows_changed_per_unit(spark, inp)
+    inp, out, args = _scored_then_changed(spark, tmp_path, length_predictor, 4.0)
     before = delta_versions(out)[-1]
     # four row-grain groups of one unit, each kept busy for 4 s by the model: the kill lands after the first commit
     proc = start(cli_cmd(*args), str(tmp_path / "killed.log"))
@@ -297,11 +297,7 @@ def test_sigkill_during_row_grain_groups_then_rerun_is_exact(spark, tmp_path, le
 def test_two_runs_at_once_share_the_changed_units_and_score_each_changed_row_once(spark, tmp_path, length_predictor):
     from jobutil import cli_cmd, kill_group, start
 
-    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
-    _length_input(spark, inp)
-    args = _length_args(inp, out, length_predictor, 1.0)
-    assert run_score(args) == ExitCode.OK
-    _two_rows_changed_per_unit(spark, inp)
+    inp, out, args = _scored_then_changed(spark, tmp_path, length_predictor, 1.0)
     cmds = [cli_cmd(*args, "--summary-json", str(tmp_path / f"s{i}.json")) for i in range(2)]
     procs = [start(cmd, str(tmp_path / f"run{i}.log")) for i, cmd in enumerate(cmds)]
     try:
